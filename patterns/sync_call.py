@@ -1,0 +1,61 @@
+"""Synchronous call (REQ/REP): the caller blocks on double(10) until the reply arrives.
+
+Run alone (starts its own server process, cleans it up):  python patterns/sync_call.py
+Or in two terminals:  python patterns/sync_call.py --serve tcp://127.0.0.1:5555
+                      python patterns/sync_call.py --call tcp://127.0.0.1:5555
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import zcall
+
+service = zcall.Service("doubler")
+
+
+@service.method
+def double(x: int) -> int:
+    """Return twice x."""
+    return x * 2
+
+
+def serve(endpoint: str) -> None:
+    server = zcall.SyncServer(service, endpoint)
+    server.start()
+    print(f"READY {server.endpoint}", flush=True)  # the parent waits for this line, not a sleep
+    server.wait()  # until Ctrl-C or SIGTERM
+
+
+def call(endpoint: str) -> None:
+    with zcall.SyncClient(endpoint, timeout=5.0) as client:
+        result = client.call("double", 10)  # blocks until the reply comes back
+        print(f"sync call result: {result}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", metavar="ENDPOINT", help="only serve, on ENDPOINT")
+    parser.add_argument("--call", metavar="ENDPOINT", help="only call the server at ENDPOINT")
+    args = parser.parse_args()
+    if args.serve:
+        return serve(args.serve)
+    if args.call:
+        return call(args.call)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", "tcp://127.0.0.1:*"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        if not line.startswith("READY "):
+            raise SystemExit(f"server failed to start: {line!r}")
+        call(line.split()[1])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()

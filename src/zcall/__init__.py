@@ -1,0 +1,48 @@
+"""zcall: brokerless ZeroMQ calls for Python: sync over REQ/REP, async over DEALER/ROUTER, msgpack."""
+
+from __future__ import annotations
+
+from .codec import Codec, register_type
+from .errors import (
+    Backpressure,
+    CallTimeout,
+    ClientClosed,
+    DeadlineExceeded,
+    InvalidArguments,
+    MessageTooLarge,
+    MethodNotFound,
+    ProtocolError,
+    RemoteError,
+    SerializationError,
+    ServerBusy,
+    ZcallError,
+)
+from .protocol import PROTOCOL_VERSION
+from .service import Service
+from .status import StatusCode
+from .sync_client import SyncClient
+from .sync_server import SyncServer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Backpressure",
+    "CallTimeout",
+    "ClientClosed",
+    "Codec",
+    "DeadlineExceeded",
+    "InvalidArguments",
+    "MessageTooLarge",
+    "MethodNotFound",
+    "ProtocolError",
+    "RemoteError",
+    "SerializationError",
+    "ServerBusy",
+    "Service",
+    "StatusCode",
+    "SyncClient",
+    "SyncServer",
+    "ZcallError",
+    "register_type",
+]

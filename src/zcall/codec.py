@@ -1,0 +1,140 @@
+"""msgpack, configured once for untrusted input: size and length limits, an ext-type registry, no pickle.
+
+A ``Codec`` turns Python values into msgpack bytes and back. Datetimes travel as msgpack's standard
+Timestamp ext type (-1); users add their own types with ``register``. Decoding never executes code and
+never allocates more than the frame's own size can justify (msgpack's length limits default to the
+frame length, so a "huge declared length" fails fast).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from .errors import MessageTooLarge, ProtocolError, SerializationError
+
+__all__ = ["Codec", "DEFAULT_MAX_MESSAGE_SIZE", "default_codec", "register_type"]
+
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+"""Largest frame zcall accepts by default (16 MiB); larger ones are refused before decoding."""
+
+
+class Codec:
+    """msgpack encoder/decoder with explicit limits and a registry of extension types."""
+
+    __slots__ = ("max_message_size", "strict_map_key", "_by_type", "_by_code", "_default")
+
+    def __init__(
+        self,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        strict_map_key: bool = True,
+    ) -> None:
+        self.max_message_size = max_message_size
+        self.strict_map_key = strict_map_key
+        self._by_type: dict[type, tuple[int, Callable[[Any], bytes]]] = {}
+        self._by_code: dict[int, Callable[[bytes], Any]] = {}
+        self._default = self._encode_other
+
+    def register(
+        self,
+        cls: type,
+        code: int,
+        encode: Callable[[Any], bytes],
+        decode: Callable[[bytes], Any],
+    ) -> None:
+        """Carry instances of ``cls`` as msgpack ext type ``code`` (0..127), through your own bytes."""
+        if not 0 <= code <= 127:
+            raise ValueError(f"ext type code must be in 0..127 (negative codes are msgpack's), got {code}")
+        owner = self._by_code.get(code)
+        if owner is not None and self._by_type.get(cls, (None,))[0] != code:
+            raise ValueError(f"ext type code {code} is already registered")
+        self._by_type[cls] = (code, encode)
+        self._by_code[code] = decode
+
+    def copy(self) -> Codec:
+        """A codec with the same limits and registrations, to change without touching this one."""
+        c = Codec(max_message_size=self.max_message_size, strict_map_key=self.strict_map_key)
+        c._by_type = dict(self._by_type)
+        c._by_code = dict(self._by_code)
+        return c
+
+    # -- encoding ---------------------------------------------------------------------------------
+
+    def _encode_other(self, obj: Any) -> Any:
+        entry = self._by_type.get(type(obj))
+        if entry is None:
+            for klass, candidate in self._by_type.items():
+                if isinstance(obj, klass):
+                    entry = candidate
+                    break
+        if entry is not None:
+            code, encode = entry
+            return msgpack.ExtType(code, encode(obj))
+        if isinstance(obj, _dt.datetime):  # only naive ones reach here: aware ones are packed natively
+            raise SerializationError(
+                f"cannot send naive datetime {obj!r}: attach a tzinfo (e.g. datetime.timezone.utc)"
+            )
+        if isinstance(obj, (set, frozenset)):
+            return list(obj)
+        raise SerializationError(
+            f"cannot send a {type(obj).__module__}.{type(obj).__qualname__} with msgpack: "
+            "convert it to plain data or register it with zcall.register_type()"
+        )
+
+    def packb(self, obj: Any) -> bytes:
+        """Encode ``obj``; raises ``SerializationError`` naming the type that could not be sent."""
+        try:
+            return msgpack.packb(obj, default=self._default, datetime=True)
+        except SerializationError:
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SerializationError(f"cannot encode value with msgpack: {exc}") from None
+
+    # -- decoding ---------------------------------------------------------------------------------
+
+    def _ext_hook(self, code: int, data: bytes) -> Any:
+        decode = self._by_code.get(code)
+        if decode is None:
+            return msgpack.ExtType(code, data)
+        try:
+            return decode(data)
+        except Exception as exc:
+            raise ProtocolError(f"ext type {code} failed to decode: {exc!r}") from None
+
+    def unpackb(self, data: bytes) -> Any:
+        """Decode one msgpack value; raises ``ProtocolError`` (never anything else) on bad input."""
+        if len(data) > self.max_message_size:
+            raise MessageTooLarge(
+                f"message of {len(data)} bytes exceeds the limit of {self.max_message_size} bytes"
+            )
+        try:
+            return msgpack.unpackb(
+                data,
+                raw=False,
+                timestamp=3,
+                strict_map_key=self.strict_map_key,
+                ext_hook=self._ext_hook,
+            )
+        except ProtocolError:
+            raise
+        except msgpack.ExtraData:
+            raise ProtocolError("trailing bytes after the msgpack value") from None
+        except msgpack.StackError:
+            raise ProtocolError("msgpack value nested too deeply") from None
+        except Exception as exc:  # FormatError, ValueError, UnicodeDecodeError, TypeError ...
+            raise ProtocolError(f"invalid msgpack: {type(exc).__name__}: {exc}") from None
+
+
+default_codec = Codec()
+"""The codec every zcall socket uses unless given another."""
+
+
+def register_type(
+    cls: type, code: int, encode: Callable[[Any], bytes], decode: Callable[[bytes], Any]
+) -> None:
+    """Register ``cls`` as ext type ``code`` on the default codec (do it on both sides)."""
+    default_codec.register(cls, code, encode, decode)

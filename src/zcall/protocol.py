@@ -1,0 +1,341 @@
+"""The zcall wire protocol, I/O-free: message objects in, one msgpack frame out, and back.
+
+Every message body is one msgpack array whose first three items are always
+``[version, kind, id, ...]`` (docs/protocol.md is the normative text, with test vectors). Nothing here
+touches a socket: servers and clients of every flavour share this module, and it is unit-tested alone.
+"""
+
+from __future__ import annotations
+
+import traceback as _tb
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Final
+
+from .codec import Codec, default_codec
+from .errors import MessageTooLarge, ProtocolError, RemoteError
+from .status import StatusCode
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Call",
+    "Cancel",
+    "ErrorRecord",
+    "ErrorReply",
+    "Event",
+    "Kind",
+    "Message",
+    "Notify",
+    "Ping",
+    "Pong",
+    "Reply",
+    "decode",
+    "encode",
+    "error_for",
+    "peek_id",
+]
+
+PROTOCOL_VERSION: Final = 1
+"""The one version this implementation speaks; a message with another gets UNSUPPORTED_VERSION."""
+
+MAX_ID: Final = 2**64 - 1
+
+
+class Kind(IntEnum):
+    """Message kinds (the second array item)."""
+
+    CALL = 1
+    REPLY = 2
+    ERROR = 3
+    NOTIFY = 4
+    EVENT = 5
+    PING = 6
+    PONG = 7
+    CANCEL = 8
+
+
+@dataclass(slots=True)
+class ErrorRecord:
+    """Why a call failed, as it travels: a status code, the remote exception type, text, extra data."""
+
+    code: StatusCode
+    type: str
+    message: str
+    traceback: str | None = None
+    data: Any = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "code": int(self.code),
+            "type": self.type,
+            "message": self.message,
+            "traceback": self.traceback,
+            "data": self.data,
+        }
+
+    def to_exception(self, method: str | None = None) -> RemoteError:
+        """The ``RemoteError`` (most specific subclass for the code) a caller raises for this record."""
+        return RemoteError.from_record(self.to_wire(), method)
+
+    @classmethod
+    def from_exception(
+        cls, exc: BaseException, code: StatusCode = StatusCode.HANDLER_ERROR, with_traceback: bool = True
+    ) -> ErrorRecord:
+        """Describe an exception a handler raised (type as ``module.Name`` unless a builtin)."""
+        t = type(exc)
+        name = t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+        tb = "".join(_tb.format_exception(exc)) if with_traceback else None
+        return cls(code, name, str(exc), tb)
+
+
+@dataclass(slots=True)
+class Call:
+    """A request that expects a reply. ``deadline_ms`` is the caller's remaining time when sent."""
+
+    id: int
+    method: str
+    args: list[Any] | tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    deadline_ms: int | None = None
+    headers: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Notify:
+    """A one-way call: same shape as ``Call``, never answered (not even with an error)."""
+
+    id: int
+    method: str
+    args: list[Any] | tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    deadline_ms: int | None = None
+    headers: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Reply:
+    """The successful result of the call with the same id."""
+
+    id: int
+    result: Any = None
+
+
+@dataclass(slots=True)
+class ErrorReply:
+    """The failure of the call with the same id (id 0 when the request's id could not be read)."""
+
+    id: int
+    error: ErrorRecord
+
+
+@dataclass(slots=True)
+class Event:
+    """A payload pushed by a peer under a topic; ``id`` is the publisher's sequence number."""
+
+    id: int
+    topic: str
+    payload: Any = None
+
+
+@dataclass(slots=True)
+class Ping:
+    """Liveness probe; answered with a ``Pong`` carrying the same id."""
+
+    id: int
+
+
+@dataclass(slots=True)
+class Pong:
+    """Answer to the ``Ping`` with the same id."""
+
+    id: int
+
+
+@dataclass(slots=True)
+class Cancel:
+    """The caller gave up on the call with this id: best effort, the callee may already be done."""
+
+    id: int
+
+
+Message = Call | Notify | Reply | ErrorReply | Event | Ping | Pong | Cancel
+
+_V = PROTOCOL_VERSION
+
+
+def _meta(deadline_ms: int | None, headers: dict[str, Any] | None) -> dict[str, Any]:
+    if deadline_ms is None and not headers:
+        return {}
+    meta: dict[str, Any] = {}
+    if deadline_ms is not None:
+        meta["deadline"] = deadline_ms
+    if headers:
+        meta["headers"] = headers
+    return meta
+
+
+def encode(msg: Message, codec: Codec = default_codec) -> bytes:
+    """One message → one frame. Raises ``SerializationError`` if a value cannot be sent."""
+    t = type(msg)
+    if t is Call or t is Notify:
+        kind = Kind.CALL if t is Call else Kind.NOTIFY
+        return codec.packb(
+            [_V, kind, msg.id, msg.method, msg.args, msg.kwargs, _meta(msg.deadline_ms, msg.headers)]
+        )
+    if t is Reply:
+        return codec.packb([_V, Kind.REPLY, msg.id, msg.result])
+    if t is ErrorReply:
+        return codec.packb([_V, Kind.ERROR, msg.id, msg.error.to_wire()])
+    if t is Event:
+        return codec.packb([_V, Kind.EVENT, msg.id, msg.topic, msg.payload])
+    if t is Ping:
+        return codec.packb([_V, Kind.PING, msg.id])
+    if t is Pong:
+        return codec.packb([_V, Kind.PONG, msg.id])
+    if t is Cancel:
+        return codec.packb([_V, Kind.CANCEL, msg.id])
+    raise TypeError(f"not a zcall message: {msg!r}")
+
+
+def call_frame(
+    id: int,  # noqa: A002
+    method: str,
+    args: Any,
+    kwargs: dict[str, Any],
+    deadline_ms: int | None = None,
+    headers: dict[str, Any] | None = None,
+    codec: Codec = default_codec,
+) -> bytes:
+    """Encode a CALL without building a ``Call`` object first (the clients' hot path)."""
+    return codec.packb([_V, Kind.CALL, id, method, args, kwargs, _meta(deadline_ms, headers)])
+
+
+class UnsupportedVersion(ProtocolError):
+    """A well-formed envelope in a protocol version this side does not speak."""
+
+    def __init__(self, version: Any, id: int | None) -> None:  # noqa: A002
+        self.version = version
+        self.id = id
+        super().__init__(f"protocol version {version!r} is not supported (this side speaks {_V})")
+
+
+class BadMessage(ProtocolError):
+    """A malformed message; ``id`` is set when the request id could still be read (so it can be answered)."""
+
+    def __init__(self, reason: str, id: int | None = None) -> None:  # noqa: A002
+        self.id = id
+        super().__init__(reason)
+
+
+def _is_id(x: Any) -> bool:
+    return type(x) is int and 0 <= x <= MAX_ID
+
+
+def _check_call_fields(m: list[Any], n: int, id_: int, what: str) -> tuple[Any, Any, Any, Any]:
+    if n < 7:
+        raise BadMessage(
+            f"{what} needs 7 items [version, kind, id, method, args, kwargs, meta], got {n}", id_
+        )
+    method, args, kwargs, meta = m[3], m[4], m[5], m[6]
+    if type(method) is not str:
+        raise BadMessage(f"{what} method name must be a string, got {type(method).__name__}", id_)
+    if type(args) is not list:
+        raise BadMessage(f"{what} args must be an array, got {type(args).__name__}", id_)
+    if type(kwargs) is not dict:
+        if kwargs is None:
+            kwargs = {}
+        else:
+            raise BadMessage(f"{what} kwargs must be a map, got {type(kwargs).__name__}", id_)
+    for k in kwargs:
+        if type(k) is not str:
+            raise BadMessage(f"{what} kwargs keys must be strings, got {type(k).__name__}", id_)
+    if meta is None:
+        meta = {}
+    elif type(meta) is not dict:
+        raise BadMessage(f"{what} meta must be a map, got {type(meta).__name__}", id_)
+    return method, args, kwargs, meta
+
+
+def _meta_fields(meta: dict[str, Any], id_: int) -> tuple[int | None, dict[str, Any] | None]:
+    if not meta:
+        return None, None
+    deadline = meta.get("deadline")
+    if deadline is not None and (type(deadline) is not int or deadline < 0):
+        raise BadMessage(f"meta.deadline must be a non-negative integer (ms), got {deadline!r}", id_)
+    headers = meta.get("headers")
+    if headers is not None and type(headers) is not dict:
+        raise BadMessage(f"meta.headers must be a map, got {type(headers).__name__}", id_)
+    return deadline, headers
+
+
+def decode(frame: bytes, codec: Codec = default_codec) -> Message:
+    """One frame → one message. Raises ``ProtocolError`` (``BadMessage``/``UnsupportedVersion``)."""
+    m = codec.unpackb(frame)
+    if type(m) is not list:
+        raise BadMessage(f"a zcall message is a msgpack array, got {type(m).__name__}")
+    n = len(m)
+    if n < 3:
+        raise BadMessage(f"a zcall message has at least 3 items [version, kind, id], got {n}")
+    version, kind, id_ = m[0], m[1], m[2]
+    ident = id_ if _is_id(id_) else None
+    if version != _V or type(version) is not int:
+        raise UnsupportedVersion(version, ident)
+    if ident is None:
+        raise BadMessage(f"message id must be an unsigned 64-bit integer, got {id_!r}")
+    if kind == Kind.CALL or kind == Kind.NOTIFY:
+        what = "call" if kind == Kind.CALL else "notify"
+        method, args, kwargs, meta = _check_call_fields(m, n, id_, what)
+        deadline, headers = _meta_fields(meta, id_)
+        cls = Call if kind == Kind.CALL else Notify
+        return cls(id_, method, args, kwargs, deadline, headers)
+    if kind == Kind.REPLY:
+        if n < 4:
+            raise BadMessage("reply needs 4 items [version, kind, id, result]", id_)
+        return Reply(id_, m[3])
+    if kind == Kind.ERROR:
+        if n < 4 or type(m[3]) is not dict:
+            raise BadMessage("error needs 4 items [version, kind, id, {code, type, message, ...}]", id_)
+        rec = m[3]
+        code = rec.get("code", StatusCode.INTERNAL)
+        try:
+            code = StatusCode(code)
+        except (ValueError, TypeError):
+            code = StatusCode.INTERNAL
+        tb = rec.get("traceback")
+        return ErrorReply(
+            id_,
+            ErrorRecord(
+                code,
+                str(rec.get("type", "Exception")),
+                str(rec.get("message", "")),
+                tb if tb is None or type(tb) is str else str(tb),
+                rec.get("data"),
+            ),
+        )
+    if kind == Kind.EVENT:
+        if n < 5 or type(m[3]) is not str:
+            raise BadMessage("event needs 5 items [version, kind, id, topic:str, payload]", id_)
+        return Event(id_, m[3], m[4])
+    if kind == Kind.PING:
+        return Ping(id_)
+    if kind == Kind.PONG:
+        return Pong(id_)
+    if kind == Kind.CANCEL:
+        return Cancel(id_)
+    raise BadMessage(f"unknown message kind {kind!r}", id_)
+
+
+def peek_id(exc: ProtocolError) -> int | None:
+    """The request id a decoding error could still read, so the sender can be told; else None."""
+    return getattr(exc, "id", None)
+
+
+def error_for(exc: ProtocolError) -> ErrorRecord:
+    """The error record that answers a message which failed to decode."""
+    if isinstance(exc, UnsupportedVersion):
+        code = StatusCode.UNSUPPORTED_VERSION
+    elif isinstance(exc, MessageTooLarge):
+        code = StatusCode.MESSAGE_TOO_LARGE
+    else:
+        code = StatusCode.PROTOCOL_ERROR
+    return ErrorRecord(code, "zcall.ProtocolError", str(exc))

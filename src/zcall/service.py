@@ -1,0 +1,247 @@
+"""The handler registry: which names are callable, how arguments bind, and built-in introspection.
+
+A ``Service`` is transport-free: the sync (REP) and async (ROUTER) servers both ask it to ``lookup`` a
+method and check the arguments *before* running anything, so every server kind rejects a bad call with
+the same error record.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, overload
+
+from .protocol import ErrorRecord
+from .status import StatusCode
+
+__all__ = ["BUILTIN_PREFIX", "Method", "Rejected", "Service"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+BUILTIN_PREFIX = "zcall."
+"""Reserved prefix of the built-in introspection methods (``zcall.ping``, ``zcall.methods`` ...)."""
+
+
+class Rejected(Exception):
+    """A call refused before its handler ran; carries the error record to send back."""
+
+    def __init__(self, code: StatusCode, message: str, type: str = "zcall.RemoteError") -> None:  # noqa: A002
+        super().__init__(message)
+        self.record = ErrorRecord(code, type, message)
+
+
+def _private(name: str) -> bool:
+    return any(part.startswith("_") or not part for part in name.split("."))
+
+
+class Method:
+    """One callable entry: the function, its signature and what servers need to know to run it."""
+
+    __slots__ = (
+        "name",
+        "fn",
+        "is_coroutine",
+        "inline",
+        "idempotent",
+        "doc",
+        "signature",
+        "_min_pos",
+        "_max_pos",
+        "_kw_required",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *,
+        inline: bool = False,
+        idempotent: bool = False,
+    ) -> None:
+        self.name = name
+        self.fn = fn
+        self.is_coroutine = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)
+        )
+        self.inline = inline
+        self.idempotent = idempotent
+        doc = inspect.getdoc(fn) or ""
+        self.doc = doc.strip().splitlines()[0] if doc.strip() else ""
+        try:
+            self.signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):
+            self.signature = None
+        # Precomputed fast path: positional-only calls that certainly bind skip Signature.bind.
+        self._min_pos = 0
+        self._max_pos: int | None = 0
+        self._kw_required = False
+        if self.signature is not None:
+            for p in self.signature.parameters.values():
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                    if self._max_pos is not None:
+                        self._max_pos += 1
+                    if p.default is p.empty:
+                        self._min_pos += 1
+                elif p.kind is p.VAR_POSITIONAL:
+                    self._max_pos = None
+                elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
+                    self._kw_required = True
+
+    def check(self, args: Any, kwargs: dict[str, Any]) -> None:
+        """Raise ``Rejected(INVALID_ARGUMENTS)`` unless ``fn(*args, **kwargs)`` would bind."""
+        sig = self.signature
+        if sig is None:
+            return
+        if not kwargs and not self._kw_required:
+            n = len(args)
+            if n >= self._min_pos and (self._max_pos is None or n <= self._max_pos):
+                return
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise Rejected(
+                StatusCode.INVALID_ARGUMENTS,
+                f"bad arguments for {self.name}{sig}: {exc}",
+                "zcall.InvalidArguments",
+            ) from None
+
+    def describe(self) -> dict[str, Any]:
+        """What ``zcall.methods`` reports for this method."""
+        return {
+            "name": self.name,
+            "signature": str(self.signature) if self.signature is not None else "(...)",
+            "doc": self.doc,
+            "coroutine": self.is_coroutine,
+            "idempotent": self.idempotent,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Method {self.name}{self.signature or '(...)'}>"
+
+
+class Service:
+    """A named set of callable methods; hand it to any zcall server or peer."""
+
+    def __init__(self, name: str = "zcall") -> None:
+        self.name = name
+        self._methods: dict[str, Method] = {}
+        self._started = time.time()
+        self._add_builtin("ping", self._ping)
+        self._add_builtin("methods", self._list_methods)
+
+    # -- registration ------------------------------------------------------------------------------
+
+    @overload
+    def method(self, fn: F, /) -> F: ...
+    @overload
+    def method(
+        self, *, name: str | None = None, inline: bool = False, idempotent: bool = False
+    ) -> Callable[[F], F]: ...
+
+    def method(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        inline: bool = False,
+        idempotent: bool = False,
+    ) -> F | Callable[[F], F]:
+        """Register a function (plain or ``async def``) as a method; usable bare or with options.
+
+        ``inline=True`` declares a plain function fast enough to run on the async server's event loop
+        (otherwise it runs in the server's thread pool); ``idempotent=True`` says retries may run it twice.
+        """
+
+        def deco(f: F) -> F:
+            self.add(f, name=name, inline=inline, idempotent=idempotent)
+            return f
+
+        return deco(fn) if fn is not None else deco
+
+    def add(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        inline: bool = False,
+        idempotent: bool = False,
+    ) -> Method:
+        """Register ``fn`` under ``name`` (default: its ``__name__``); returns the entry."""
+        name = name or getattr(fn, "__name__", None)
+        if not name:
+            raise ValueError(f"cannot infer a method name for {fn!r}: pass name=")
+        if _private(name):
+            raise ValueError(f"method name {name!r} has a part starting with '_' (or empty): never callable")
+        if name.startswith(BUILTIN_PREFIX):
+            raise ValueError(f"method names starting with {BUILTIN_PREFIX!r} are reserved for zcall")
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        m = Method(name, fn, inline=inline, idempotent=idempotent)
+        self._methods[name] = m
+        return m
+
+    def register(self, obj: Any, prefix: str = "", *, inline: bool = False) -> list[str]:
+        """Register every public routine of ``obj`` (an instance, class or module) as ``prefix.name``."""
+        if prefix and not prefix.endswith("."):
+            prefix += "."
+        module_name = obj.__name__ if inspect.ismodule(obj) else None
+        added = []
+        for attr in dir(obj):
+            if attr.startswith("_"):
+                continue
+            value = getattr(obj, attr)
+            if not inspect.isroutine(value):
+                continue
+            if module_name is not None and getattr(value, "__module__", None) != module_name:
+                continue  # a module's imports are not its API
+            self.add(value, name=prefix + attr, inline=inline)
+            added.append(prefix + attr)
+        if not added:
+            raise ValueError(f"{obj!r} has no public methods to register")
+        return added
+
+    def _add_builtin(self, short: str, fn: Callable[..., Any], *, inline: bool = True) -> None:
+        """Add a built-in (server-provided) method under the reserved prefix."""
+        name = BUILTIN_PREFIX + short
+        self._methods[name] = Method(name, fn, inline=inline, idempotent=True)
+
+    # -- lookup -----------------------------------------------------------------------------------
+
+    def lookup(self, name: str) -> Method:
+        """The method called ``name``, or ``Rejected(METHOD_NOT_FOUND)`` naming close matches."""
+        m = self._methods.get(name)
+        if m is not None:
+            return m
+        if type(name) is str and not _private(name):
+            close = difflib.get_close_matches(name, [n for n in self._methods], n=3, cutoff=0.6)
+        else:
+            close = []
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise Rejected(
+            StatusCode.METHOD_NOT_FOUND,
+            f"no method {name!r} on service {self.name!r}{hint}",
+            "zcall.MethodNotFound",
+        )
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._methods
+
+    def __iter__(self) -> Iterator[Method]:
+        return iter(list(self._methods.values()))
+
+    def __len__(self) -> int:
+        return len(self._methods)
+
+    # -- built-ins --------------------------------------------------------------------------------
+
+    def _ping(self) -> dict[str, Any]:
+        """Liveness check: the service name, its pid and uptime."""
+        return {"service": self.name, "pid": os.getpid(), "uptime": time.time() - self._started}
+
+    def _list_methods(self) -> list[dict[str, Any]]:
+        """Every callable method with its signature and the first line of its docstring."""
+        return [m.describe() for m in sorted(self._methods.values(), key=lambda m: m.name)]

@@ -1,0 +1,41 @@
+"""Small socket helpers every face shares: binding to free ports, closing with LINGER, option defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import zmq
+
+__all__ = ["DEFAULT_BIND", "bind", "close_quietly", "normalize_endpoints"]
+
+DEFAULT_BIND = "tcp://127.0.0.1:*"
+"""Where servers bind unless told otherwise: loopback only, on a port the OS picks."""
+
+DEFAULT_LINGER_MS = 0
+
+
+def bind(sock: zmq.Socket, endpoint: str) -> str:
+    """Bind ``sock`` (``tcp://host:*`` picks a free port) and return the endpoint actually bound."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise OSError(exc.errno, f"cannot bind {endpoint!r}: {exc}") from None
+    bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    # LAST_ENDPOINT reports tcp://0.0.0.0:port for wildcard binds; keep what the user asked for then.
+    return bound or endpoint
+
+
+def close_quietly(sock: zmq.Socket | None, linger_ms: int = DEFAULT_LINGER_MS) -> None:
+    """Close with a bounded LINGER so ``Context.term`` can never hang on this socket."""
+    if sock is not None and not sock.closed:
+        sock.close(linger=linger_ms)
+
+
+def normalize_endpoints(endpoints: str | Sequence[str]) -> list[str]:
+    """Accept one endpoint or several; refuse an empty list with a message that says what to pass."""
+    eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+    if not eps or not all(isinstance(e, str) and "://" in e for e in eps):
+        raise ValueError(
+            f"expected an endpoint like 'tcp://127.0.0.1:5555' or a list of them, got {endpoints!r}"
+        )
+    return eps

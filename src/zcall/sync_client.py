@@ -1,0 +1,212 @@
+"""Synchronous calls over REQ sockets, with the Lazy Pirate and Freelance recipes built in.
+
+Each attempt goes out on a REQ socket. When no reply comes within ``timeout``, that socket is closed with
+LINGER 0 (a REQ socket that sent and got nothing can never send again: EFSM) and the next attempt opens
+a fresh one (the ZeroMQ Guide's Lazy Pirate). With several endpoints each attempt goes to the next one,
+and an endpoint that timed out moves to the back of the line (the Guide's Freelance, model one).
+
+A retry resends the *same request id*. If the first attempt reached the server but its reply was lost,
+the handler may run twice: retries are only safe for idempotent methods (``retries=0`` is the default).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+from .codec import Codec, default_codec
+from .errors import CallTimeout, ClientClosed, RemoteError
+from .ids import IdSource
+from .protocol import ErrorReply, Reply, call_frame, decode
+from .sockets import close_quietly, normalize_endpoints
+
+__all__ = ["CallOptions", "SyncClient"]
+
+DEFAULT_TIMEOUT = 5.0
+
+
+class SyncClient:
+    """Blocking calls to one endpoint or several (failover). Safe to share between threads."""
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = 0,
+        headers: dict[str, Any] | None = None,
+        context: zmq.Context | None = None,
+        codec: Codec = default_codec,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries!r}")
+        self.endpoints = normalize_endpoints(endpoints)
+        self.timeout = timeout
+        self.retries = retries
+        self.headers = headers
+        self._ctx = context or zmq.Context.instance()
+        self._codec = codec
+        self._ids = IdSource()
+        self._lock = threading.Lock()
+        self._idle: dict[str, list[zmq.Socket]] = {ep: [] for ep in self.endpoints}
+        self._order = list(self.endpoints)  # healthiest first
+        self._closed = False
+        self.counters = {"calls": 0, "attempts": 0, "timeouts": 0, "stale_replies": 0, "sockets_opened": 0}
+
+    # -- public API --------------------------------------------------------------------------------
+
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``method`` remotely and block for its result; every keyword goes to the remote method.
+
+        Per-call settings (timeout, retries, headers) go through ``client.options(...)``.
+        """
+        return self._call(method, args, kwargs, self.timeout, self.retries, self.headers)
+
+    def options(
+        self,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> CallOptions:
+        """A view of this client with other per-call settings: ``client.options(timeout=1).call(...)``."""
+        return CallOptions(
+            self,
+            self.timeout if timeout is None else timeout,
+            self.retries if retries is None else retries,
+            self.headers if headers is None else headers,
+        )
+
+    def close(self) -> None:
+        """Close every idle socket; sockets in use by other threads close when their call ends."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, {}
+        for socks in idle.values():
+            for s in socks:
+                close_quietly(s)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _acquire(self, ep: str) -> zmq.Socket:
+        with self._lock:
+            if self._closed:
+                raise ClientClosed("SyncClient is closed")
+            socks = self._idle[ep]
+            if socks:
+                return socks.pop()
+            self.counters["sockets_opened"] += 1
+        s = self._ctx.socket(zmq.REQ)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(ep)
+        return s
+
+    def _release(self, ep: str, sock: zmq.Socket) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle[ep].append(sock)
+                return
+        close_quietly(sock)
+
+    def _demote(self, ep: str) -> None:
+        with self._lock:
+            if len(self._order) > 1 and ep in self._order:
+                self._order.remove(ep)
+                self._order.append(ep)
+
+    def _call(
+        self,
+        method: str,
+        args: Any,
+        kwargs: dict[str, Any],
+        timeout: float,
+        retries: int,
+        headers: dict[str, Any] | None,
+    ) -> Any:
+        if self._closed:
+            raise ClientClosed("SyncClient is closed")
+        rid = self._ids.next()
+        frame = call_frame(rid, method, args, kwargs, int(timeout * 1000), headers, self._codec)
+        order = list(self._order)
+        attempts = max(retries + 1, len(order))
+        timeout_ms = max(1, int(timeout * 1000))
+        counters = self.counters
+        counters["calls"] += 1
+        tried: list[str] = []
+        start = time.monotonic()
+        for attempt in range(attempts):
+            ep = order[attempt % len(order)]
+            if ep not in tried:
+                tried.append(ep)
+            counters["attempts"] += 1
+            sock = self._acquire(ep)
+            ok = False
+            try:
+                if sock.rcvtimeo != timeout_ms:
+                    sock.rcvtimeo = timeout_ms
+                sock.send(frame)
+                try:
+                    data = sock.recv()
+                except zmq.Again:
+                    data = None
+                if data is not None:
+                    msg = decode(data, self._codec)
+                    if msg.id == rid:
+                        ok = True
+                    else:
+                        # A REQ socket only sees the reply to its own request, so another id means a
+                        # buggy or hostile server: drop it, count it, and treat the attempt as failed.
+                        counters["stale_replies"] += 1
+            finally:
+                if ok:
+                    self._release(ep, sock)
+                else:
+                    close_quietly(sock)  # Lazy Pirate: never reuse a REQ socket that missed a reply
+            if ok:
+                if type(msg) is Reply:
+                    return msg.result
+                if type(msg) is ErrorReply:
+                    raise msg.error.to_exception(method)
+                raise RemoteError(f"unexpected {type(msg).__name__} in reply to a call", method=method)
+            counters["timeouts"] += 1
+            self._demote(ep)
+            if self._closed:
+                raise ClientClosed("SyncClient was closed during the call")
+        raise CallTimeout(method, tried, attempts, time.monotonic() - start)
+
+
+class CallOptions:
+    """A ``SyncClient`` with different per-call settings; shares the client's sockets."""
+
+    __slots__ = ("_client", "timeout", "retries", "headers")
+
+    def __init__(
+        self, client: SyncClient, timeout: float, retries: int, headers: dict[str, Any] | None
+    ) -> None:
+        self._client = client
+        self.timeout = timeout
+        self.retries = retries
+        self.headers = headers
+
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Like ``SyncClient.call`` with these settings."""
+        return self._client._call(method, args, kwargs, self.timeout, self.retries, self.headers)

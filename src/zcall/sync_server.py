@@ -1,0 +1,227 @@
+"""Synchronous serving over a REP socket: one call at a time, strictly request → reply."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+from .codec import Codec, default_codec
+from .dispatch import ACK, Dispatcher
+from .protocol import PROTOCOL_VERSION, Call, Cancel, Kind, Notify, Ping
+from .service import Rejected, Service
+from .sockets import DEFAULT_BIND, bind, close_quietly
+from .status import StatusCode
+
+__all__ = ["SyncServer"]
+
+log = logging.getLogger("zcall.server")
+
+
+class _Shutdown(BaseException):
+    """Raised from the SIGTERM handler to unwind ``serve_forever``."""
+
+
+@contextlib.contextmanager
+def _signals_stop() -> Iterator[None]:
+    """In the main thread, make SIGTERM unwind like Ctrl-C for the duration of the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise _Shutdown
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class SyncServer:
+    """Serve a ``Service`` over REP. ``start()`` runs it on a thread; ``serve_forever()`` blocks."""
+
+    def __init__(
+        self,
+        service: Service,
+        endpoint: str = DEFAULT_BIND,
+        *,
+        context: zmq.Context | None = None,
+        codec: Codec = default_codec,
+        send_tracebacks: bool = True,
+    ) -> None:
+        self.service = service
+        self._requested = endpoint
+        self._ctx = context or zmq.Context.instance()
+        self._dispatch = Dispatcher(service, codec, send_tracebacks=send_tracebacks)
+        self._endpoint: str | None = None
+        self._thread: threading.Thread | None = None
+        self._bound = threading.Event()
+        self._bind_error: BaseException | None = None
+        self._stop_addr = f"inproc://zcall-syncserver-stop-{id(self):x}"
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint actually bound (the real port when bound with ``*``)."""
+        if self._endpoint is None:
+            raise RuntimeError("server is not bound yet: call start() or serve_forever() first")
+        return self._endpoint
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Calls served, errors, bad messages and expired calls so far."""
+        return dict(self._dispatch.counters)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> SyncServer:
+        """Serve on a background thread; returns once bound (raises if binding failed)."""
+        if self._thread is not None:
+            raise RuntimeError("server already started")
+        self._thread = threading.Thread(target=self._run, name=f"zcall-sync-{self.service.name}", daemon=True)
+        self._thread.start()
+        self._bound.wait()
+        if self._bind_error is not None:
+            self._thread.join()
+            self._thread = None
+            raise self._bind_error
+        return self
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Stop serving (the call in progress, if any, finishes first) and close the socket."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._thread is not None and self._bound.is_set() and self._bind_error is None:
+            poke = self._ctx.socket(zmq.PAIR)
+            try:
+                poke.connect(self._stop_addr)
+                poke.send(b"stop")
+            finally:
+                close_quietly(poke, 100)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until KeyboardInterrupt or SIGTERM (handled here), or ``stop()``."""
+        with _signals_stop():
+            try:
+                self._run()
+            except (KeyboardInterrupt, _Shutdown):
+                log.info("sync server %s stopping on signal", self._endpoint)
+
+    def wait(self) -> None:
+        """Block until a ``start()``-ed server stops; Ctrl-C or SIGTERM stops it cleanly."""
+        if self._thread is None:
+            raise RuntimeError("server is not started: call start() first")
+        with _signals_stop():
+            try:
+                self._thread.join()
+            except (KeyboardInterrupt, _Shutdown):
+                log.info("sync server %s stopping on signal", self._endpoint)
+            finally:
+                self.stop()
+
+    def __enter__(self) -> SyncServer:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        rep = self._ctx.socket(zmq.REP)
+        ctl = self._ctx.socket(zmq.PAIR)
+        try:
+            try:
+                rep.setsockopt(zmq.LINGER, 1000)
+                self._endpoint = bind(rep, self._requested)
+                ctl.bind(self._stop_addr)
+            except BaseException as exc:
+                self._bind_error = exc
+                raise
+            finally:
+                self._bound.set()
+            log.info("sync server %r listening on %s", self.service.name, self._endpoint)
+            poller = zmq.Poller()
+            poller.register(rep, zmq.POLLIN)
+            poller.register(ctl, zmq.POLLIN)
+            while not self._stopping:
+                events = dict(poller.poll())
+                if ctl in events:
+                    break
+                if rep in events:
+                    self._serve_one(rep)
+        finally:
+            close_quietly(rep, 1000)
+            close_quietly(ctl)
+            if self._loop is not None:
+                self._loop.close()
+                self._loop = None
+
+    def _serve_one(self, rep: zmq.Socket) -> None:
+        frame = rep.recv()
+        if rep.getsockopt(zmq.RCVMORE):
+            n = 1
+            while rep.getsockopt(zmq.RCVMORE):
+                rep.recv()
+                n += 1
+            rep.send(self._dispatch.bad_frames(n))
+            return
+        rep.send(self._handle(frame))
+
+    def _handle(self, frame: bytes) -> bytes:
+        d = self._dispatch
+        msg = d.decode(frame)
+        t = type(msg)
+        if t is bytes:
+            return msg  # type: ignore[return-value]
+        if t is Call:
+            try:
+                method = d.prepare(msg)  # type: ignore[arg-type]
+                if msg.deadline_ms == 0:  # type: ignore[union-attr]
+                    raise Rejected(StatusCode.DEADLINE_EXCEEDED, "deadline passed before the call started")
+            except Rejected as r:
+                return d.rejected_frame(msg.id, r.record)
+            try:
+                result = method.fn(*msg.args, **msg.kwargs)  # type: ignore[union-attr]
+                if inspect.isawaitable(result):
+                    result = self._run_coroutine(result)
+            except Exception as exc:
+                return d.exception_frame(msg.id, method.name, exc)
+            return d.reply_frame(msg.id, result)
+        if t is Ping:
+            return d.codec.packb([PROTOCOL_VERSION, Kind.PONG, msg.id])
+        if t is Notify:
+            try:
+                method = d.prepare(msg)  # type: ignore[arg-type]
+                result = method.fn(*msg.args, **msg.kwargs)  # type: ignore[union-attr]
+                if inspect.isawaitable(result):
+                    self._run_coroutine(result)
+            except Rejected as r:
+                log.warning("notify %r refused: %s", msg.method, r)  # type: ignore[union-attr]
+            except Exception as exc:
+                log.info("notify handler %r raised %s: %s", msg.method, type(exc).__name__, exc)  # type: ignore[union-attr]
+            return ACK
+        if t is Cancel:
+            return ACK  # nothing to cancel: a REP server runs one call at a time, already finished
+        return d.unexpected(msg)  # type: ignore[arg-type]
+
+    def _run_coroutine(self, awaitable: Any) -> Any:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(awaitable)
