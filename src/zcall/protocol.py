@@ -7,6 +7,7 @@ touches a socket: servers and clients of every flavour share this module, and it
 
 from __future__ import annotations
 
+import reprlib
 import traceback as _tb
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -39,6 +40,14 @@ PROTOCOL_VERSION: Final = 1
 """The one version this implementation speaks; a message with another gets UNSUPPORTED_VERSION."""
 
 MAX_ID: Final = 2**64 - 1
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 60
+
+
+def _short(x: Any) -> str:
+    """A bounded repr of untrusted decoded data for error text (plain ``repr`` may recurse ~1000 deep)."""
+    return _repr.repr(x)
 
 
 class Kind(IntEnum):
@@ -216,7 +225,7 @@ class UnsupportedVersion(ProtocolError):
     def __init__(self, version: Any, id: int | None) -> None:  # noqa: A002
         self.version = version
         self.id = id
-        super().__init__(f"protocol version {version!r} is not supported (this side speaks {_V})")
+        super().__init__(f"protocol version {_short(version)} is not supported (this side speaks {_V})")
 
 
 class BadMessage(ProtocolError):
@@ -261,7 +270,7 @@ def _meta_fields(meta: dict[str, Any], id_: int) -> tuple[int | None, dict[str, 
         return None, None
     deadline = meta.get("deadline")
     if deadline is not None and (type(deadline) is not int or deadline < 0):
-        raise BadMessage(f"meta.deadline must be a non-negative integer (ms), got {deadline!r}", id_)
+        raise BadMessage(f"meta.deadline must be a non-negative integer (ms), got {_short(deadline)}", id_)
     headers = meta.get("headers")
     if headers is not None and type(headers) is not dict:
         raise BadMessage(f"meta.headers must be a map, got {type(headers).__name__}", id_)
@@ -281,7 +290,7 @@ def decode(frame: bytes, codec: Codec = default_codec) -> Message:
     if version != _V or type(version) is not int:
         raise UnsupportedVersion(version, ident)
     if ident is None:
-        raise BadMessage(f"message id must be an unsigned 64-bit integer, got {id_!r}")
+        raise BadMessage(f"message id must be an unsigned 64-bit integer, got {_short(id_)}")
     if kind == Kind.CALL or kind == Kind.NOTIFY:
         what = "call" if kind == Kind.CALL else "notify"
         method, args, kwargs, meta = _check_call_fields(m, n, id_, what)
@@ -301,14 +310,14 @@ def decode(frame: bytes, codec: Codec = default_codec) -> Message:
             code = StatusCode(code)
         except (ValueError, TypeError):
             code = StatusCode.INTERNAL
-        tb = rec.get("traceback")
+        etype, text, tb = rec.get("type", "Exception"), rec.get("message", ""), rec.get("traceback")
         return ErrorReply(
             id_,
             ErrorRecord(
                 code,
-                str(rec.get("type", "Exception")),
-                str(rec.get("message", "")),
-                tb if tb is None or type(tb) is str else str(tb),
+                etype if type(etype) is str else _short(etype),
+                text if type(text) is str else _short(text),
+                tb if tb is None or type(tb) is str else _short(tb),
                 rec.get("data"),
             ),
         )
@@ -322,7 +331,7 @@ def decode(frame: bytes, codec: Codec = default_codec) -> Message:
         return Pong(id_)
     if kind == Kind.CANCEL:
         return Cancel(id_)
-    raise BadMessage(f"unknown message kind {kind!r}", id_)
+    raise BadMessage(f"unknown message kind {_short(kind)}", id_)
 
 
 def peek_id(exc: ProtocolError) -> int | None:
