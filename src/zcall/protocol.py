@@ -291,6 +291,8 @@ def decode(frame: bytes, codec: Codec = default_codec) -> Message:
         raise UnsupportedVersion(version, ident)
     if ident is None:
         raise BadMessage(f"message id must be an unsigned 64-bit integer, got {_short(id_)}")
+    if type(kind) is not int:  # not bool or float: true == 1.0 == Kind.CALL in Python
+        raise BadMessage(f"message kind must be an integer, got {type(kind).__name__}", id_)
     if kind == Kind.CALL or kind == Kind.NOTIFY:
         what = "call" if kind == Kind.CALL else "notify"
         method, args, kwargs, meta = _check_call_fields(m, n, id_, what)
@@ -305,10 +307,10 @@ def decode(frame: bytes, codec: Codec = default_codec) -> Message:
         if n < 4 or type(m[3]) is not dict:
             raise BadMessage("error needs 4 items [version, kind, id, {code, type, message, ...}]", id_)
         rec = m[3]
-        code = rec.get("code", StatusCode.INTERNAL)
+        code = rec.get("code")
         try:
-            code = StatusCode(code)
-        except (ValueError, TypeError):
+            code = StatusCode(code) if type(code) is int else StatusCode.INTERNAL
+        except ValueError:  # a code this side does not know
             code = StatusCode.INTERNAL
         etype, text, tb = rec.get("type", "Exception"), rec.get("message", ""), rec.get("traceback")
         return ErrorReply(
@@ -331,7 +333,7 @@ def decode(frame: bytes, codec: Codec = default_codec) -> Message:
         return Pong(id_)
     if kind == Kind.CANCEL:
         return Cancel(id_)
-    raise BadMessage(f"unknown message kind {_short(kind)}", id_)
+    raise BadMessage(f"unknown message kind {kind}", id_)
 
 
 def peek_id(exc: ProtocolError) -> int | None:
