@@ -47,8 +47,8 @@ class Codec:
         decode: Callable[[bytes], Any],
     ) -> None:
         """Carry instances of ``cls`` as msgpack ext type ``code`` (0..127), through your own bytes."""
-        if not 0 <= code <= 127:
-            raise ValueError(f"ext type code must be in 0..127 (negative codes are msgpack's), got {code}")
+        if type(code) is not int or not 0 <= code <= 127:
+            raise ValueError(f"ext type code must be in 0..127 (negative codes are msgpack's), got {code!r}")
         owner = self._by_code.get(code)
         if owner is not None and self._by_type.get(cls, (None,))[0] != code:
             raise ValueError(f"ext type code {code} is already registered")
