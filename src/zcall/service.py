@@ -198,6 +198,8 @@ class Service:
                 continue
             if module_name is not None and getattr(value, "__module__", None) != module_name:
                 continue  # a module's imports are not its API
+            if inspect.isclass(obj) and inspect.isfunction(inspect.getattr_static(obj, attr)):
+                continue  # an instance method of a class needs a ``self``: register an instance for those
             self.add(value, name=prefix + attr, inline=inline)
             added.append(prefix + attr)
         if not added:
