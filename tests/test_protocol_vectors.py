@@ -1,0 +1,221 @@
+"""docs/protocol-vectors.json holds zcall to the written protocol: every vector decodes to its stated
+fields (or to its stated error and id), and every canonical one re-encodes to the identical bytes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import pathlib
+from typing import Any
+
+import msgpack
+import pytest
+
+from zcall import protocol
+from zcall.codec import Codec, default_codec
+from zcall.errors import MessageTooLarge, ProtocolError
+from zcall.protocol import (
+    Call,
+    Cancel,
+    ErrorRecord,
+    ErrorReply,
+    Event,
+    Message,
+    Notify,
+    Ping,
+    Pong,
+    Reply,
+)
+from zcall.status import StatusCode
+
+VECTORS_PATH = pathlib.Path(__file__).resolve().parent.parent / "docs" / "protocol-vectors.json"
+VECTORS: list[dict[str, Any]] = json.loads(VECTORS_PATH.read_text())
+POSITIVE = [v for v in VECTORS if "message" in v]
+NEGATIVE = [v for v in VECTORS if "error" in v]
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+# -- the JSON rendering of values (docs/protocol.md, "Test vectors") ---------------------------------
+
+
+def from_json(v: Any) -> Any:
+    """Tagged JSON -> the Python value zcall decodes to ($bin, $float, $timestamp, $ext)."""
+    if isinstance(v, dict):
+        if len(v) == 1:
+            ((tag, x),) = v.items()
+            if tag == "$bin":
+                return bytes.fromhex(x)
+            if tag == "$float":
+                return float(x)
+            if tag == "$timestamp":
+                assert x["nanoseconds"] % 1000 == 0, "Python datetimes hold microseconds"
+                return EPOCH + dt.timedelta(seconds=x["seconds"], microseconds=x["nanoseconds"] // 1000)
+            if tag == "$ext":
+                return msgpack.ExtType(x["code"], bytes.fromhex(x["data"]))
+        return {k: from_json(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [from_json(x) for x in v]
+    return v
+
+
+def to_json(v: Any) -> Any:
+    """A decoded Python value -> the tagged JSON form used in the vectors."""
+    if isinstance(v, bool) or v is None or isinstance(v, (int, str)):
+        return v
+    if isinstance(v, float):
+        return {"$float": repr(v)}
+    if isinstance(v, bytes):
+        return {"$bin": v.hex()}
+    if isinstance(v, dt.datetime):
+        assert v.tzinfo is not None, "decoded timestamps are aware (UTC)"
+        td = v - EPOCH
+        return {
+            "$timestamp": {"seconds": td.days * 86400 + td.seconds, "nanoseconds": td.microseconds * 1000}
+        }
+    if isinstance(v, msgpack.ExtType):
+        return {"$ext": {"code": v.code, "data": v.data.hex()}}
+    if isinstance(v, list):
+        return [to_json(x) for x in v]
+    if isinstance(v, dict):
+        return {k: to_json(x) for k, x in v.items()}
+    raise AssertionError(f"unexpected decoded type {type(v)}")
+
+
+def message_to_json(msg: Message) -> dict[str, Any]:
+    """Render a decoded message the way the vectors state it."""
+    t = type(msg)
+    if t is Call or t is Notify:
+        meta: dict[str, Any] = {}
+        if msg.deadline_ms is not None:
+            meta["deadline"] = msg.deadline_ms
+        if msg.headers is not None:
+            meta["headers"] = to_json(msg.headers)
+        return {
+            "kind": "CALL" if t is Call else "NOTIFY",
+            "id": msg.id,
+            "method": msg.method,
+            "args": to_json(list(msg.args)),
+            "kwargs": to_json(msg.kwargs),
+            "meta": meta,
+        }
+    if t is Reply:
+        return {"kind": "REPLY", "id": msg.id, "result": to_json(msg.result)}
+    if t is ErrorReply:
+        e = msg.error
+        assert isinstance(e.code, StatusCode)
+        return {
+            "kind": "ERROR",
+            "id": msg.id,
+            "error": {
+                "code": int(e.code),
+                "type": e.type,
+                "message": e.message,
+                "traceback": e.traceback,
+                "data": to_json(e.data),
+            },
+        }
+    if t is Event:
+        return {"kind": "EVENT", "id": msg.id, "topic": msg.topic, "payload": to_json(msg.payload)}
+    return {"kind": t.__name__.upper(), "id": msg.id}
+
+
+def message_from_json(m: dict[str, Any]) -> Message:
+    """Build the zcall message object a vector describes."""
+    kind, id_ = m["kind"], m["id"]
+    if kind in ("CALL", "NOTIFY"):
+        cls = Call if kind == "CALL" else Notify
+        meta = m["meta"]
+        return cls(
+            id_,
+            m["method"],
+            from_json(m["args"]),
+            from_json(m["kwargs"]),
+            meta.get("deadline"),
+            from_json(meta["headers"]) if "headers" in meta else None,
+        )
+    if kind == "REPLY":
+        return Reply(id_, from_json(m["result"]))
+    if kind == "ERROR":
+        e = m["error"]
+        record = ErrorRecord(
+            StatusCode(e["code"]), e["type"], e["message"], e["traceback"], from_json(e["data"])
+        )
+        return ErrorReply(id_, record)
+    if kind == "EVENT":
+        return Event(id_, m["topic"], from_json(m["payload"]))
+    return {"PING": Ping, "PONG": Pong, "CANCEL": Cancel}[kind](id_)
+
+
+# -- the file itself ------------------------------------------------------------------------------------
+
+
+def test_vector_file_is_well_formed():
+    names = [v["name"] for v in VECTORS]
+    assert len(names) == len(set(names)), "vector names are unique"
+    for v in VECTORS:
+        assert ("message" in v) != ("error" in v), v["name"]
+        assert v["description"], v["name"]
+        bytes.fromhex(v["hex"])
+    kinds = {v["message"]["kind"] for v in POSITIVE}
+    assert kinds == {"CALL", "REPLY", "ERROR", "NOTIFY", "EVENT", "PING", "PONG", "CANCEL"}
+    errors = {v["error"] for v in NEGATIVE}
+    assert errors == {"PROTOCOL_ERROR", "UNSUPPORTED_VERSION", "MESSAGE_TOO_LARGE"}
+
+
+# Checked by hand against the msgpack spec (https://github.com/msgpack/msgpack/blob/master/spec.md), so the
+# vector file is not only "whatever the generator printed".
+HAND_CHECKED = {
+    # fixarray(7) | version 1 | CALL | id 1 | fixstr(4) "ping" | args [] | kwargs {} | meta {}
+    "call-minimal": "97 01 01 01 a4 70696e67 90 80 80",
+    # fixarray(7) | 1 | CALL | uint64 id | fixstr(9) "slow.work" | [fixstr(5) "job-7"] | {} |
+    # {fixstr(8) "deadline": uint16 1500}
+    "call-deadline": "97 01 01 cf 9e3779b900000002 a9 736c6f772e776f726b 91 a5 6a6f622d37 80"
+    " 81 a8 646561646c696e65 cd 05dc",
+    # fixarray(4) | 1 | REPLY | id 12 | bin8 len 4 | 00 01 fe ff
+    "reply-bin": "94 01 02 0c c4 04 0001feff",
+    # fixarray(4) | 1 | REPLY | id 13 | fixext8 type -1 | uint64: ns 123456000 << 34 | seconds 1704164645
+    "reply-timestamp64": "94 01 02 0d d7 ff 1d6f2800 65937d25",
+    # fixarray(4) | 1 | REPLY | id 14 | ext8 len 12 type -1 | uint32 ns 500000000 | int64 seconds -1
+    "reply-timestamp96": "94 01 02 0e c7 0c ff 1dcd6500 ffffffffffffffff",
+    # fixarray(5) | 1 | EVENT | seq 77 | fixstr(11) "prices.tick" | fixmap(2) {"sym": "ABC",
+    # "px": float64 101.25}
+    "event": "95 01 05 4d ab 7072696365732e7469636b 82 a3 73796d a3 414243 a2 7078 cb 4059500000000000",
+    # fixarray(3) | 1 | CANCEL | uint64 id
+    "cancel": "93 01 08 cf 9e3779b900000002",
+    # fixarray(3) | 1 | PING | uint64 2**64-1
+    "max-id": "93 01 06 cf ffffffffffffffff",
+}
+
+
+def test_hand_checked_vectors():
+    by_name = {v["name"]: v for v in VECTORS}
+    for name, hx in HAND_CHECKED.items():
+        assert by_name[name]["hex"] == hx.replace(" ", ""), name
+
+
+# -- decode and encode ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("v", POSITIVE, ids=[v["name"] for v in POSITIVE])
+def test_positive_vector_decodes_to_its_fields(v):
+    msg = protocol.decode(bytes.fromhex(v["hex"]))
+    assert message_to_json(msg) == v["message"]
+
+
+@pytest.mark.parametrize("v", [v for v in POSITIVE if v.get("canonical", True)], ids=lambda v: v["name"])
+def test_positive_vector_encodes_to_identical_bytes(v):
+    msg = message_from_json(v["message"])
+    assert protocol.encode(msg).hex() == v["hex"]
+
+
+@pytest.mark.parametrize("v", NEGATIVE, ids=[v["name"] for v in NEGATIVE])
+def test_negative_vector_is_refused_with_code_and_id(v):
+    codec = Codec(max_message_size=v["max_message_size"]) if "max_message_size" in v else default_codec
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode(bytes.fromhex(v["hex"]), codec)
+    exc = info.value
+    assert protocol.error_for(exc).code == StatusCode[v["error"]]
+    assert (protocol.peek_id(exc) or 0) == v["error_id"]
+    if v["error"] == "MESSAGE_TOO_LARGE":
+        assert isinstance(exc, MessageTooLarge)
+        protocol.decode(bytes.fromhex(v["hex"]))  # the same bytes are fine under the default limit
