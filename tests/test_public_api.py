@@ -7,10 +7,13 @@ def test_public_exports_are_pinned():
     assert sorted(zcall.__all__) == sorted(
         [
             "PROTOCOL_VERSION",
+            "AsyncClient",
+            "AsyncServer",
             "Backpressure",
             "CallTimeout",
             "ClientClosed",
             "Codec",
+            "ConnectionLost",
             "DeadlineExceeded",
             "InvalidArguments",
             "MessageTooLarge",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from .async_client import AsyncClient
+from .async_server import AsyncServer
 from .codec import Codec, register_type
 from .errors import (
     Backpressure,
     CallTimeout,
     ClientClosed,
+    ConnectionLost,
     DeadlineExceeded,
     InvalidArguments,
     MessageTooLarge,
@@ -27,10 +30,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "AsyncClient",
+    "AsyncServer",
     "Backpressure",
     "CallTimeout",
     "ClientClosed",
     "Codec",
+    "ConnectionLost",
     "DeadlineExceeded",
     "InvalidArguments",
     "MessageTooLarge",

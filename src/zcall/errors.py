@@ -11,6 +11,7 @@
     │   └── MessageTooLarge         a frame over the configured size limit
     ├── SerializationError          a value msgpack cannot carry (also a TypeError)
     ├── Backpressure                too many calls in flight on this client: slow down or raise the limit
+    ├── ConnectionLost              the server's connection dropped with the call pending (it may have run)
     └── ClientClosed                the client (or engine) was closed while the call was pending
 
 ``RemoteError`` subclasses are chosen from the wire status code, so ``except zcall.MethodNotFound`` works
@@ -28,6 +29,7 @@ __all__ = [
     "Backpressure",
     "CallTimeout",
     "ClientClosed",
+    "ConnectionLost",
     "DeadlineExceeded",
     "InvalidArguments",
     "MessageTooLarge",
@@ -159,6 +161,18 @@ class SerializationError(ZcallError, TypeError):
 
 class Backpressure(ZcallError):
     """Too many calls in flight on this client: wait for some to finish or raise ``max_in_flight``."""
+
+
+class ConnectionLost(ZcallError, ConnectionError):
+    """The connection to the server dropped while the call was pending: it may or may not have run."""
+
+    def __init__(self, method: str, endpoint: str) -> None:
+        self.method = method
+        self.endpoint = endpoint
+        super().__init__(
+            f"connection to {endpoint} lost while call {method!r} was pending "
+            "(it may or may not have run; retry only if the method is idempotent)"
+        )
 
 
 class ClientClosed(ZcallError):

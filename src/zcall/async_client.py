@@ -1,0 +1,789 @@
+"""Asynchronous calls over DEALER sockets: an asyncio face and a callback face over one core.
+
+The client lives on one loop (its *home*): the running asyncio loop where it was made, or zcall's engine
+thread when made from a plain thread. Both faces share the pending-call table, the timers and the
+sockets; they differ only in the future they hand back:
+
+- asyncio: ``await client.call(method, *args, **kwargs)``;
+- callbacks, from any thread: ``client.call_async(method, *args, callback=..., errback=...)`` returns a
+  ``concurrent.futures.Future``. Callbacks run on the client's loop thread (or at once, in the caller's
+  thread, when registered on a finished future); an exception inside one is logged, never lost.
+
+One DEALER per endpoint, with ZMQ_IMMEDIATE so nothing queues towards a server that is not connected: a
+call waits (until its deadline) for a connection, calls spread round-robin over connected servers, and
+when a connection drops the calls pending on it fail with ``ConnectionLost`` at once (or are resent, for
+calls marked idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import inspect
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from .async_server import SUBSCRIBE_METHOD, topic_matches
+from .codec import Codec, default_codec
+from .engine import Reader, engine, run_on
+from .errors import (
+    Backpressure,
+    CallTimeout,
+    ClientClosed,
+    ConnectionLost,
+    ProtocolError,
+)
+from .ids import IdSource
+from .protocol import Event, Kind, Notify, call_frame, decode, encode
+from .sockets import close_quietly, normalize_endpoints
+from .status import StatusCode
+
+__all__ = ["AsyncCallOptions", "AsyncClient"]
+
+log = logging.getLogger("zcall.client")
+
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_MAX_IN_FLIGHT = 1000
+
+_NOBLOCK = zmq.NOBLOCK
+_SNDMORE = zmq.SNDMORE
+_REPLY = Kind.REPLY
+_ERROR = Kind.ERROR
+_MONITORED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+
+
+class _Pending:
+    """One call awaiting its reply."""
+
+    __slots__ = (
+        "id",
+        "method",
+        "fut",
+        "timer",
+        "channel",
+        "frame",
+        "started",
+        "deadline",
+        "idempotent",
+        "aio",
+    )
+
+    def __init__(
+        self, rid: int, method: str, fut: Any, frame: bytes, deadline: float, idempotent: bool, aio: bool
+    ) -> None:
+        self.id = rid
+        self.method = method
+        self.fut = fut
+        self.frame = frame
+        self.deadline = deadline
+        self.idempotent = idempotent
+        self.aio = aio
+        self.timer: asyncio.TimerHandle | None = None
+        self.channel: _Channel | None = None
+        self.started = 0.0
+
+
+class _Channel:
+    """One DEALER connected to one endpoint, with its reader and its connection monitor."""
+
+    __slots__ = ("endpoint", "sock", "reader", "monitor", "monitor_reader", "connected", "last_seq")
+
+    def __init__(self, client: AsyncClient, endpoint: str) -> None:
+        self.endpoint = endpoint
+        ctx, loop = client._ctx, client._loop
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        self.monitor = sock.get_monitor_socket(_MONITORED)
+        sock.connect(endpoint)
+        self.sock = sock
+        self.connected = False
+        self.last_seq = 0
+        self.reader = Reader(
+            loop, sock, lambda frames: client._on_frames(self, frames), client._flush_waiting
+        )
+        self.monitor_reader = Reader(loop, self.monitor, lambda frames: client._on_monitor(self, frames))
+        self.reader.start()
+        self.monitor_reader.start()
+
+    def close(self) -> None:
+        self.reader.stop()
+        self.monitor_reader.stop()
+        try:
+            self.sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        close_quietly(self.monitor)
+        close_quietly(self.sock)
+
+
+class _Slots:
+    """The bound on calls in flight: non-blocking acquire from any thread, awaitable on the home loop."""
+
+    __slots__ = ("limit", "used", "_lock", "_waiters")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def try_acquire(self) -> bool:
+        with self._lock:
+            if self.used < self.limit and not self._waiters:
+                self.used += 1
+                return True
+            return False
+
+    async def acquire(self, timeout: float) -> bool:
+        if self.try_acquire():
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._waiters.append(fut)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            return True
+        except (TimeoutError, asyncio.CancelledError):
+            with self._lock:
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+                elif fut.done() and not fut.cancelled():
+                    self.used -= 1  # the slot was handed to us just as we gave up: give it back
+                    self._wake()
+            fut.cancel()
+            raise
+
+    def release(self) -> None:
+        with self._lock:
+            self.used -= 1
+            self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.used < self.limit:
+            w = self._waiters.popleft()
+            if not w.done():
+                self.used += 1
+                w.set_result(None)
+
+
+class AsyncClient:
+    """Asynchronous calls to one endpoint or several; asyncio and callback faces over one core."""
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        headers: dict[str, Any] | None = None,
+        context: zmq.Context | None = None,
+        codec: Codec = default_codec,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
+        self.endpoints = normalize_endpoints(endpoints)
+        self.timeout = timeout
+        self.headers = headers
+        self._ctx = context or zmq.Context.instance()
+        self._codec = codec
+        self._ids = IdSource()
+        self._slots = _Slots(max_in_flight)
+        self._pending: dict[int, _Pending] = {}
+        self._waiting: collections.deque[tuple[_Pending | None, bytes, float]] = collections.deque()
+        self._inbox: collections.deque[Callable[[], None]] = collections.deque()
+        self._inbox_scheduled = False
+        self._handlers: dict[str, list[Callable[[str, Any], Any]]] = {}
+        self._channels: list[_Channel] = []
+        self._rr = itertools.count()
+        self._closed = False
+        self.counters = {
+            "calls": 0,
+            "replies": 0,
+            "errors": 0,
+            "timeouts": 0,
+            "stale_replies": 0,
+            "bad_replies": 0,
+            "cancelled": 0,
+            "connection_lost": 0,
+            "resent": 0,
+            "notifies_dropped": 0,
+            "events": 0,
+            "events_missed": 0,
+            "callback_errors": 0,
+        }
+        try:
+            self._loop = asyncio.get_running_loop()
+            self._uses_engine = False
+        except RuntimeError:
+            self._loop = engine.acquire()
+            self._uses_engine = True
+        self._thread_id: int | None = None
+        try:
+            run_on(self._loop, self._open)
+        except BaseException:
+            if self._uses_engine:
+                engine.release()
+            raise
+
+    def _open(self) -> None:
+        self._thread_id = threading.get_ident()
+        self._channels = [_Channel(self, ep) for ep in self.endpoints]
+
+    # -- the asyncio face --------------------------------------------------------------------------
+
+    async def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``method`` and await its result; every keyword goes to the remote method."""
+        return await self._acall(method, args, kwargs, self.timeout, self.headers, False)
+
+    async def _acall(
+        self,
+        method: str,
+        args: Any,
+        kwargs: dict[str, Any],
+        timeout: float,
+        headers: dict[str, Any] | None,
+        idempotent: bool,
+    ) -> Any:
+        loop = self._loop
+        if asyncio.get_running_loop() is not loop:  # a client from another loop or the engine: bridge
+            cf = self._submit(method, args, kwargs, timeout, headers, idempotent)
+            return await asyncio.wrap_future(cf)
+        if self._closed:
+            raise ClientClosed("AsyncClient is closed")
+        deadline = loop.time() + timeout
+        if not self._slots.try_acquire():
+            try:
+                await self._slots.acquire(timeout)
+            except TimeoutError:
+                raise CallTimeout(
+                    method, self.endpoints, 0, timeout, f"no free slot: {self._slots.limit} calls in flight"
+                ) from None
+        rid = self._ids.next()
+        try:
+            frame = call_frame(rid, method, args, kwargs, int(timeout * 1000), headers, self._codec)
+        except BaseException:
+            self._slots.release()
+            raise
+        fut = loop.create_future()
+        p = _Pending(rid, method, fut, frame, deadline, idempotent, True)
+        self._start(p)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if self._pending.pop(rid, None) is not None:
+                self._abandon(p, send_cancel=True)
+                self.counters["cancelled"] += 1
+            raise
+
+    # -- the callback face -------------------------------------------------------------------------
+
+    def call_async(
+        self,
+        method: str,
+        /,
+        *args: Any,
+        callback: Callable[[Any], Any] | None = None,
+        errback: Callable[[BaseException], Any] | None = None,
+        **kwargs: Any,
+    ) -> concurrent.futures.Future[Any]:
+        """Send the call and return at once with a future; ``callback(result)`` or ``errback(exc)`` follows.
+
+        Raises ``Backpressure`` at once when ``max_in_flight`` calls are already pending (this face never
+        blocks). ``callback``/``errback`` are zcall's: a remote keyword with those names needs ``options``.
+        """
+        fut = self._submit(method, args, kwargs, self.timeout, self.headers, False)
+        if callback is not None or errback is not None:
+            self._attach(fut, method, callback, errback)
+        return fut
+
+    def _submit(
+        self,
+        method: str,
+        args: Any,
+        kwargs: dict[str, Any],
+        timeout: float,
+        headers: dict[str, Any] | None,
+        idempotent: bool,
+    ) -> concurrent.futures.Future[Any]:
+        if self._closed:
+            raise ClientClosed("AsyncClient is closed")
+        if not self._slots.try_acquire():
+            raise Backpressure(
+                f"{self._slots.limit} calls already in flight on this client: wait for some to finish "
+                "or raise max_in_flight"
+            )
+        rid = self._ids.next()
+        try:
+            frame = call_frame(rid, method, args, kwargs, int(timeout * 1000), headers, self._codec)
+        except BaseException:
+            self._slots.release()
+            raise
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        deadline = self._loop.time() + timeout
+        p = _Pending(rid, method, fut, frame, deadline, idempotent, False)
+        fut.add_done_callback(lambda f: self._on_cf_done(p, f))
+        self._run_soon(lambda: self._start(p))
+        return fut
+
+    def _attach(
+        self,
+        fut: concurrent.futures.Future[Any],
+        method: str,
+        callback: Callable[[Any], Any] | None,
+        errback: Callable[[BaseException], Any] | None,
+    ) -> None:
+        def done(f: concurrent.futures.Future[Any]) -> None:
+            if f.cancelled():
+                return
+            exc = f.exception()
+            try:
+                if exc is None:
+                    if callback is not None:
+                        callback(f.result())
+                elif errback is not None:
+                    errback(exc)
+                else:
+                    log.warning("call %r failed and has no errback: %s", method, exc)
+            except Exception:
+                self.counters["callback_errors"] += 1
+                log.exception("callback for call %r raised (the client keeps going)", method)
+
+        fut.add_done_callback(done)
+
+    def _on_cf_done(self, p: _Pending, f: concurrent.futures.Future[Any]) -> None:
+        if f.cancelled():  # cancelled by the user, maybe from another thread: tidy up on the loop
+            self._run_soon(lambda: self._cancel_from_user(p))
+
+    def _cancel_from_user(self, p: _Pending) -> None:
+        if self._pending.pop(p.id, None) is not None:
+            self.counters["cancelled"] += 1
+            self._abandon(p, send_cancel=True)
+        else:
+            self._drop_waiting(p)
+
+    # -- one-way calls and events ------------------------------------------------------------------
+
+    def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
+        """Send a one-way call: no reply, no error back (a failing handler is only logged remotely)."""
+        self._notify(method, args, kwargs, self.timeout, self.headers)
+
+    def _notify(
+        self, method: str, args: Any, kwargs: dict[str, Any], timeout: float, headers: dict[str, Any] | None
+    ) -> None:
+        if self._closed:
+            raise ClientClosed("AsyncClient is closed")
+        meta_deadline = int(timeout * 1000)
+        frame = encode(Notify(self._ids.next(), method, args, kwargs, meta_deadline, headers), self._codec)
+        deadline = self._loop.time() + timeout
+        self._run_soon(lambda: self._send_or_wait(None, frame, deadline))
+
+    def on(self, topic: str, handler: Callable[[str, Any], Any]) -> None:
+        """Call ``handler(topic, payload)`` for each pushed event on ``topic`` (``"orders.*"``: a prefix).
+
+        Delivery is at most once: events published while this client is not connected, or dropped at a
+        full queue, are gone (``statistics()["events_missed"]`` counts the gaps it sees).
+        """
+        self._handlers.setdefault(topic, []).append(handler)
+        self._run_soon(self._resubscribe)
+
+    def off(self, topic: str, handler: Callable[[str, Any], Any] | None = None) -> None:
+        """Remove one handler for ``topic``, or all of them."""
+        hs = self._handlers.get(topic, [])
+        if handler is None:
+            hs.clear()
+        elif handler in hs:
+            hs.remove(handler)
+        if not hs:
+            self._handlers.pop(topic, None)
+        self._run_soon(self._resubscribe)
+
+    # -- options, stats, lifecycle -----------------------------------------------------------------
+
+    def options(
+        self,
+        *,
+        timeout: float | None = None,
+        headers: dict[str, Any] | None = None,
+        idempotent: bool = False,
+    ) -> AsyncCallOptions:
+        """A view with other per-call settings; ``idempotent=True`` resends on another connection."""
+        return AsyncCallOptions(
+            self,
+            self.timeout if timeout is None else timeout,
+            self.headers if headers is None else headers,
+            idempotent,
+        )
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters, calls in flight, and which endpoints are connected right now."""
+        return {
+            **self.counters,
+            "in_flight": len(self._pending),
+            "waiting": len(self._waiting),
+            "connected": [ch.endpoint for ch in self._channels if ch.connected],
+        }
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Fail pending calls with ``ClientClosed`` and close the sockets; never hangs."""
+        if self._closed:
+            return
+        if _running_loop() is self._loop:
+            self._close_now()
+        else:
+            try:
+                run_on(self._loop, self._close_now, timeout=10)
+            except RuntimeError:  # the loop is gone already: nothing left to close on it
+                self._closed = True
+        if self._uses_engine:
+            self._uses_engine = False
+            engine.release()
+
+    async def aclose(self) -> None:
+        """``close()`` for asyncio code."""
+        self.close()
+
+    def __enter__(self) -> AsyncClient:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def _close_now(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._drain_inbox()
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            if p.timer is not None:
+                p.timer.cancel()
+            self._slots.release()
+            _fail(p.fut, ClientClosed(f"client closed while call {p.method!r} was pending"))
+        waiting, self._waiting = self._waiting, collections.deque()
+        for p, _frame, _deadline in waiting:
+            if p is not None:
+                if p.timer is not None:
+                    p.timer.cancel()
+                self._slots.release()
+                _fail(p.fut, ClientClosed(f"client closed while call {p.method!r} was waiting"))
+        for ch in self._channels:
+            ch.close()
+
+    # -- the core (home loop thread only) ----------------------------------------------------------
+
+    def _run_soon(self, job: Callable[[], None]) -> None:
+        """Run ``job`` on the home loop: now if we are on it, else through the inbox (one wake-up a batch)."""
+        if threading.get_ident() == self._thread_id:
+            job()
+            return
+        self._inbox.append(job)
+        if not self._inbox_scheduled:
+            self._inbox_scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain_inbox)
+            except RuntimeError:  # loop closed
+                self._inbox_scheduled = False
+                raise ClientClosed("AsyncClient's loop is closed") from None
+
+    def _drain_inbox(self) -> None:
+        self._inbox_scheduled = False
+        inbox = self._inbox
+        while inbox:
+            try:
+                inbox.popleft()()
+            except Exception:
+                log.exception("zcall client internal job failed")
+
+    def _start(self, p: _Pending) -> None:
+        if self._closed:
+            self._slots.release()
+            _fail(p.fut, ClientClosed("AsyncClient is closed"))
+            return
+        if not p.aio and not p.fut.set_running_or_notify_cancel():
+            self._slots.release()  # cancelled before it was sent
+            return
+        self.counters["calls"] += 1
+        loop = self._loop
+        p.started = loop.time()
+        p.timer = loop.call_at(p.deadline, self._expire, p)
+        self._pending[p.id] = p
+        self._send_or_wait(p, p.frame, p.deadline)
+
+    def _pick(self) -> _Channel | None:
+        chans = self._channels
+        if len(chans) == 1:
+            return chans[0] if chans[0].connected else None
+        n = len(chans)
+        start = next(self._rr)
+        for i in range(n):
+            ch = chans[(start + i) % n]
+            if ch.connected:
+                return ch
+        return None
+
+    def _send_or_wait(self, p: _Pending | None, frame: bytes, deadline: float) -> None:
+        if self._waiting or not self._try_send(p, frame):
+            self._waiting.append((p, frame, deadline))
+
+    def _try_send(self, p: _Pending | None, frame: bytes) -> bool:
+        ch = self._pick()
+        if ch is None:
+            return False
+        sock = ch.sock
+        try:
+            sock.send(b"", _NOBLOCK | _SNDMORE)
+            sock.send(frame, _NOBLOCK)
+        except zmq.Again:
+            ch.reader.want_writable()
+            return False
+        if p is not None:
+            p.channel = ch
+        ch.reader.check()
+        return True
+
+    def _flush_waiting(self) -> None:
+        waiting = self._waiting
+        now = self._loop.time()
+        while waiting:
+            p, frame, deadline = waiting[0]
+            if p is None and deadline <= now:
+                waiting.popleft()
+                self.counters["notifies_dropped"] += 1
+                continue
+            if p is not None and p.id not in self._pending:
+                waiting.popleft()  # timed out or cancelled while waiting
+                continue
+            if not self._try_send(p, frame):
+                return
+            waiting.popleft()
+
+    def _drop_waiting(self, p: _Pending) -> None:
+        for i, (q, _f, _d) in enumerate(self._waiting):
+            if q is p:
+                del self._waiting[i]
+                if p.timer is not None:
+                    p.timer.cancel()
+                self._slots.release()
+                return
+
+    def _expire(self, p: _Pending) -> None:
+        if self._pending.pop(p.id, None) is None:
+            return
+        self.counters["timeouts"] += 1
+        sent = p.channel is not None
+        self._abandon(p, send_cancel=sent)
+        where = [p.channel.endpoint] if p.channel is not None else self.endpoints
+        detail = "" if sent else "never sent: no server connected"
+        _fail(p.fut, CallTimeout(p.method, where, 1, self._loop.time() - p.started, detail))
+
+    def _abandon(self, p: _Pending, *, send_cancel: bool) -> None:
+        """Forget a call that will not be answered here (timed out or cancelled); tell the server."""
+        if p.timer is not None:
+            p.timer.cancel()
+        self._slots.release()
+        ch = p.channel
+        if send_cancel and ch is not None and ch.connected:
+            try:
+                ch.sock.send(b"", _NOBLOCK | _SNDMORE)
+                ch.sock.send(self._codec.packb([1, Kind.CANCEL, p.id]), _NOBLOCK)
+                ch.reader.check()
+            except zmq.ZMQError:
+                pass
+
+    def _on_frames(self, ch: _Channel, frames: list[bytes]) -> None:
+        body = frames[-1]
+        if not body:
+            return  # an empty-body ACK from a REP server (notify / cancel)
+        try:
+            msg = decode(body, self._codec)
+        except ProtocolError as exc:
+            self.counters["bad_replies"] += 1
+            log.warning("bad reply from %s: %s", ch.endpoint, exc)
+            rid = getattr(exc, "id", None)
+            p = self._pending.pop(rid, None) if rid else None
+            if p is not None:
+                self._finish(p)
+                _fail(p.fut, exc)
+            return
+        kind = type(msg).__name__
+        if kind == "Reply" or kind == "ErrorReply":
+            p = self._pending.pop(msg.id, None)
+            if p is None:
+                self.counters["stale_replies"] += 1
+                return
+            self._finish(p)
+            if kind == "Reply":
+                self.counters["replies"] += 1
+                _succeed(p.fut, msg.result)  # type: ignore[union-attr]
+            else:
+                self.counters["errors"] += 1
+                err = msg.error  # type: ignore[union-attr]
+                if err.code == StatusCode.DEADLINE_EXCEEDED:
+                    exc2: BaseException = CallTimeout(
+                        p.method,
+                        [ch.endpoint],
+                        1,
+                        self._loop.time() - p.started,
+                        "server dropped it: deadline passed",
+                    )
+                else:
+                    exc2 = err.to_exception(p.method)
+                _fail(p.fut, exc2)
+        elif kind == "Event":
+            self._on_event(ch, msg)  # type: ignore[arg-type]
+        # Pong and anything else: liveness is handled elsewhere; ignore.
+
+    def _finish(self, p: _Pending) -> None:
+        if p.timer is not None:
+            p.timer.cancel()
+        self._slots.release()
+
+    def _on_event(self, ch: _Channel, ev: Event) -> None:
+        self.counters["events"] += 1
+        if ch.last_seq and ev.id > ch.last_seq + 1:
+            self.counters["events_missed"] += ev.id - ch.last_seq - 1
+        ch.last_seq = ev.id
+        for pattern, handlers in list(self._handlers.items()):
+            if topic_matches(pattern, ev.topic):
+                for h in list(handlers):
+                    try:
+                        r = h(ev.topic, ev.payload)
+                        if inspect.isawaitable(r):
+                            asyncio.ensure_future(r, loop=self._loop).add_done_callback(_log_handler_failure)
+                    except Exception:
+                        self.counters["callback_errors"] += 1
+                        log.exception("event handler for %r raised (the client keeps going)", ev.topic)
+
+    def _on_monitor(self, ch: _Channel, frames: list[bytes]) -> None:
+        try:
+            event = parse_monitor_message(frames)["event"]
+        except Exception:
+            return
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            ch.connected = True
+            ch.last_seq = 0
+            self._subscribe(ch)
+            self._flush_waiting()
+        elif event == zmq.EVENT_DISCONNECTED:
+            ch.connected = False
+            self._connection_lost(ch)
+
+    def _connection_lost(self, ch: _Channel) -> None:
+        lost = [p for p in self._pending.values() if p.channel is ch]
+        for p in lost:
+            if p.idempotent:
+                p.channel = None
+                self.counters["resent"] += 1
+                self._send_or_wait(p, p.frame, p.deadline)
+                continue
+            del self._pending[p.id]
+            self._finish(p)
+            self.counters["connection_lost"] += 1
+            _fail(p.fut, ConnectionLost(p.method, ch.endpoint))
+
+    def _subscribe(self, ch: _Channel) -> None:
+        if not self._handlers and not ch.last_seq:
+            return
+        frame = encode(Notify(self._ids.next(), SUBSCRIBE_METHOD, [sorted(self._handlers)], {}), self._codec)
+        try:
+            ch.sock.send(b"", _NOBLOCK | _SNDMORE)
+            ch.sock.send(frame, _NOBLOCK)
+            ch.reader.check()
+        except zmq.ZMQError:
+            pass
+
+    def _resubscribe(self) -> None:
+        for ch in self._channels:
+            if ch.connected:
+                self._subscribe(ch)
+
+
+class AsyncCallOptions:
+    """An ``AsyncClient`` with other per-call settings; shares the client's sockets and table."""
+
+    __slots__ = ("_client", "timeout", "headers", "idempotent")
+
+    def __init__(
+        self, client: AsyncClient, timeout: float, headers: dict[str, Any] | None, idempotent: bool
+    ) -> None:
+        self._client = client
+        self.timeout = timeout
+        self.headers = headers
+        self.idempotent = idempotent
+
+    async def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Like ``AsyncClient.call`` with these settings."""
+        return await self._client._acall(method, args, kwargs, self.timeout, self.headers, self.idempotent)
+
+    def call_async(
+        self,
+        method: str,
+        /,
+        *args: Any,
+        callback: Callable[[Any], Any] | None = None,
+        errback: Callable[[BaseException], Any] | None = None,
+        **kwargs: Any,
+    ) -> concurrent.futures.Future[Any]:
+        """Like ``AsyncClient.call_async`` with these settings."""
+        c = self._client
+        fut = c._submit(method, args, kwargs, self.timeout, self.headers, self.idempotent)
+        if callback is not None or errback is not None:
+            c._attach(fut, method, callback, errback)
+        return fut
+
+    def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
+        """Like ``AsyncClient.notify`` with these settings."""
+        self._client._notify(method, args, kwargs, self.timeout, self.headers)
+
+
+def _succeed(fut: Any, result: Any) -> None:
+    if not fut.done():
+        try:
+            fut.set_result(result)
+        except (asyncio.InvalidStateError, concurrent.futures.InvalidStateError):
+            pass
+
+
+def _fail(fut: Any, exc: BaseException) -> None:
+    if not fut.done():
+        try:
+            fut.set_exception(exc)
+        except (asyncio.InvalidStateError, concurrent.futures.InvalidStateError):
+            pass
+
+
+def _log_handler_failure(f: asyncio.Future[Any]) -> None:
+    if not f.cancelled() and f.exception() is not None:
+        log.error("async event handler raised: %r", f.exception())
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

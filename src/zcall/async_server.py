@@ -1,0 +1,451 @@
+"""Asynchronous serving over a ROUTER socket: many calls in flight from many clients at once.
+
+Coroutine handlers run as tasks on the server's loop. Plain functions run in a bounded thread pool so a
+slow one cannot stall the loop (and with it every other call, ping and cancel); a plain function declared
+``inline=True`` runs on the loop itself, which is fastest for handlers that do not block. Bad input and
+handler exceptions become error replies and log lines; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+from .codec import Codec, default_codec
+from .dispatch import Dispatcher
+from .engine import Reader, engine, run_on
+from .protocol import PROTOCOL_VERSION, Call, Cancel, ErrorRecord, Event, Kind, Notify, Ping, encode
+from .service import Method, Rejected, Service
+from .sockets import DEFAULT_BIND, bind, close_quietly
+from .status import StatusCode
+
+__all__ = ["AsyncServer", "SUBSCRIBE_METHOD"]
+
+log = logging.getLogger("zcall.server")
+
+SUBSCRIBE_METHOD = "zcall.subscribe"
+"""NOTIFY a client sends to tell a server which event topics it wants (protocol plumbing)."""
+
+DEFAULT_MAX_IN_FLIGHT = 1000
+
+_NOBLOCK = zmq.NOBLOCK
+_SNDMORE = zmq.SNDMORE
+
+
+class _Expired(Exception):
+    """A queued call whose deadline passed before a worker thread picked it up."""
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """``orders.*`` matches ``orders.new``; ``*`` matches everything; anything else matches exactly."""
+    if pattern.endswith("*"):
+        return topic.startswith(pattern[:-1])
+    return pattern == topic
+
+
+class AsyncServer:
+    """Serve a ``Service`` over ROUTER: ``start()``/``stop()`` from threads, ``await serve()`` in asyncio."""
+
+    def __init__(
+        self,
+        service: Service,
+        endpoint: str = DEFAULT_BIND,
+        *,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        workers: int | None = None,
+        context: zmq.Context | None = None,
+        codec: Codec = default_codec,
+        send_tracebacks: bool = True,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        self.service = service
+        self.max_in_flight = max_in_flight
+        self._requested = endpoint
+        self._workers = workers or min(32, (os.cpu_count() or 1) + 4)
+        self._ctx = context or zmq.Context.instance()
+        self._dispatch = Dispatcher(service, codec, send_tracebacks=send_tracebacks)
+        self._codec = codec
+        self._endpoint: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock: zmq.Socket | None = None
+        self._reader: Reader | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._in_flight: dict[tuple[bytes, int], asyncio.Future[Any]] = {}
+        self._idle: asyncio.Event | None = None
+        self._closing = False
+        self._closed: asyncio.Event | None = None
+        self._uses_engine = False
+        self._subscribers: dict[bytes, tuple[list[bytes], list[str]]] = {}
+        self._event_seq = 0
+        self.counters = {"undeliverable": 0, "overloaded": 0, "cancelled": 0, "events_sent": 0}
+
+    # -- properties --------------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint actually bound (the real port when bound with ``*``)."""
+        if self._endpoint is None:
+            raise RuntimeError("server is not bound yet: call start() or await serve() first")
+        return self._endpoint
+
+    @property
+    def in_flight(self) -> int:
+        """Calls received and not yet answered."""
+        return len(self._in_flight)
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters for this server: calls, errors, bad messages, in flight, undeliverable replies..."""
+        return {
+            **self._dispatch.counters,
+            **self.counters,
+            "in_flight": len(self._in_flight),
+            "subscribers": len(self._subscribers),
+        }
+
+    # -- lifecycle: threads ------------------------------------------------------------------------
+
+    def start(self) -> AsyncServer:
+        """Serve on zcall's engine thread; returns once bound (raises if binding failed)."""
+        if self._loop is not None:
+            raise RuntimeError("server already started")
+        loop = engine.acquire()
+        self._uses_engine = True
+        try:
+            run_on(loop, self._open, loop)
+        except BaseException:
+            self._uses_engine = False
+            engine.release()
+            raise
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, let in-flight calls finish within ``grace`` seconds, then close."""
+        loop = self._loop
+        if loop is None or self._closing:
+            return
+        if _running_loop() is loop:
+            raise RuntimeError("stop() would block the server's own loop: use 'await server.aclose()'")
+        asyncio.run_coroutine_threadsafe(self.aclose(grace), loop).result(grace + 10)
+        if self._uses_engine:
+            self._uses_engine = False
+            engine.release()
+
+    def __enter__(self) -> AsyncServer:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def serve_forever(self, grace: float = 5.0) -> None:
+        """Serve in this thread (its own asyncio loop) until Ctrl-C or SIGTERM, then stop with ``grace``."""
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            task = asyncio.current_task()
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
+            await self.serve(grace)
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(main())
+
+    # -- lifecycle: asyncio ------------------------------------------------------------------------
+
+    async def serve(self, grace: float = 5.0) -> None:
+        """Serve on the running loop until ``aclose()`` (or until cancelled, which closes with ``grace``)."""
+        if self._loop is None:
+            self._open(asyncio.get_running_loop())
+        assert self._closed is not None
+        try:
+            await self._closed.wait()
+        except asyncio.CancelledError:
+            await self.aclose(grace)
+            raise
+
+    async def __aenter__(self) -> AsyncServer:
+        if self._loop is None:
+            self._open(asyncio.get_running_loop())
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Graceful stop on the server's loop: refuse new calls, wait ``grace`` for in-flight ones, close."""
+        if self._closing or self._loop is None:
+            if self._closed is not None:
+                await self._closed.wait()
+            return
+        self._closing = True
+        log.info(
+            "server %s stopping: %d call(s) in flight, grace %.1fs", self._endpoint, self.in_flight, grace
+        )
+        if self._in_flight:
+            assert self._idle is not None
+            self._idle.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
+        for (ident, rid), fut in list(self._in_flight.items()):
+            fut.cancel()
+            record = ErrorRecord(
+                StatusCode.UNAVAILABLE, "zcall.ServerBusy", "server stopped before the call finished"
+            )
+            self._send([ident, b""], self._dispatch.error_frame(rid, record))
+        self._in_flight.clear()
+        if self._reader is not None:
+            self._reader.stop()
+        close_quietly(self._sock, linger_ms=int(min(grace, 1.0) * 1000))
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        assert self._closed is not None
+        self._closed.set()
+        log.info("server %s stopped", self._endpoint)
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: Any = None) -> None:
+        """Push an event to every connected client subscribed to ``topic`` (at most once; thread-safe)."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("server is not started")
+        if _running_loop() is loop:
+            self._publish(topic, payload)
+        else:
+            loop.call_soon_threadsafe(self._publish, topic, payload)
+
+    def _publish(self, topic: str, payload: Any) -> int:
+        if self._sock is None or self._closing:
+            return 0
+        self._event_seq += 1
+        frame = encode(Event(self._event_seq, topic, payload), self._codec)
+        sent = 0
+        for ident, (envelope, patterns) in list(self._subscribers.items()):
+            if any(topic_matches(p, topic) for p in patterns):
+                if self._send(envelope, frame):
+                    sent += 1
+                else:
+                    self._subscribers.pop(ident, None)  # gone: forget it (bounded state)
+        self.counters["events_sent"] += sent
+        if self._reader is not None:
+            self._reader.check()
+        return sent
+
+    # -- the socket --------------------------------------------------------------------------------
+
+    def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+        sock = self._ctx.socket(zmq.ROUTER)
+        try:
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.setsockopt(zmq.LINGER, 0)
+            self._endpoint = bind(sock, self._requested)
+        except BaseException:
+            close_quietly(sock)
+            raise
+        self._loop = loop
+        self._sock = sock
+        self._idle = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._reader = Reader(loop, sock, self._on_message)
+        self._reader.start()
+        log.info("async server %r listening on %s", self.service.name, self._endpoint)
+
+    def _send(self, envelope: list[bytes], body: bytes) -> bool:
+        """Send one reply; never blocks. A vanished client or a full queue is counted, not raised."""
+        sock = self._sock
+        if sock is None or sock.closed:
+            self.counters["undeliverable"] += 1
+            return False
+        try:
+            for part in envelope:
+                sock.send(part, _NOBLOCK | _SNDMORE)
+            sock.send(body, _NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:
+            # EHOSTUNREACH: the client is gone (ROUTER_MANDATORY); EAGAIN: its queue is full.
+            self.counters["undeliverable"] += 1
+            log.debug("reply undeliverable: %s", exc)
+            return False
+
+    def _on_message(self, frames: list[bytes]) -> None:
+        n = len(frames)
+        if n < 3 or frames[-2] != b"":
+            if n >= 1:
+                self._send([frames[0], b""], self._dispatch.bad_frames(n - 1))
+            return
+        envelope = frames[:-1]
+        d = self._dispatch
+        msg = d.decode(frames[-1])
+        t = type(msg)
+        if t is Call:
+            self._start_call(envelope, msg)  # type: ignore[arg-type]
+        elif t is bytes:
+            self._send(envelope, msg)  # type: ignore[arg-type]
+        elif t is Ping:
+            self._send(envelope, self._codec.packb([PROTOCOL_VERSION, Kind.PONG, msg.id]))
+        elif t is Notify:
+            self._notify(envelope, msg)  # type: ignore[arg-type]
+        elif t is Cancel:
+            fut = self._in_flight.pop((envelope[0], msg.id), None)
+            if fut is not None:
+                fut.cancel()
+                self.counters["cancelled"] += 1
+                self._call_done()
+        else:
+            self._send(envelope, d.unexpected(msg))  # type: ignore[arg-type]
+
+    def _refuse(self, msg: Call) -> ErrorRecord | None:
+        if self._closing:
+            return ErrorRecord(StatusCode.UNAVAILABLE, "zcall.ServerBusy", "server is shutting down")
+        if len(self._in_flight) >= self.max_in_flight:
+            self.counters["overloaded"] += 1
+            return ErrorRecord(
+                StatusCode.OVERLOADED,
+                "zcall.ServerBusy",
+                f"server at its limit of {self.max_in_flight} calls in flight; retry later",
+            )
+        if msg.deadline_ms == 0:
+            return ErrorRecord(
+                StatusCode.DEADLINE_EXCEEDED, "zcall.DeadlineExceeded", "deadline passed on arrival"
+            )
+        return None
+
+    def _start_call(self, envelope: list[bytes], msg: Call) -> None:
+        d = self._dispatch
+        try:
+            method = d.prepare(msg)
+        except Rejected as r:
+            self._send(envelope, d.rejected_frame(msg.id, r.record))
+            return
+        refusal = self._refuse(msg)
+        if refusal is not None:
+            self._send(envelope, d.rejected_frame(msg.id, refusal))
+            return
+        if method.inline and not method.is_coroutine:
+            try:
+                result = method.fn(*msg.args, **msg.kwargs)
+            except Exception as exc:
+                self._send(envelope, d.exception_frame(msg.id, method.name, exc))
+                return
+            if not asyncio.iscoroutine(result):
+                self._send(envelope, d.reply_frame(msg.id, result))
+                return
+            fut: asyncio.Future[Any] = asyncio.ensure_future(result, loop=self._loop)
+        elif method.is_coroutine:
+            fut = self._loop.create_task(method.fn(*msg.args, **msg.kwargs))  # type: ignore[union-attr]
+        else:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self._workers, thread_name_prefix=f"zcall-{self.service.name}"
+                )
+            deadline = None if msg.deadline_ms is None else time.monotonic() + msg.deadline_ms / 1000
+            fut = self._loop.run_in_executor(  # type: ignore[union-attr]
+                self._pool, _run_blocking, method.fn, msg.args, msg.kwargs, deadline
+            )
+        key = (envelope[0], msg.id)
+        self._in_flight[key] = fut
+        fut.add_done_callback(lambda f: self._finish(key, envelope, msg.id, method, f))
+
+    def _finish(
+        self,
+        key: tuple[bytes, int],
+        envelope: list[bytes],
+        rid: int,
+        method: Method,
+        fut: asyncio.Future[Any],
+    ) -> None:
+        if self._in_flight.pop(key, None) is None:
+            return  # cancelled by the caller or answered by shutdown: nothing to send
+        d = self._dispatch
+        if fut.cancelled():
+            frame = d.error_frame(rid, ErrorRecord(StatusCode.CANCELLED, "zcall.Cancelled", "call cancelled"))
+        else:
+            exc = fut.exception()
+            if exc is None:
+                frame = d.reply_frame(rid, fut.result())
+            elif isinstance(exc, _Expired):
+                frame = d.rejected_frame(
+                    rid,
+                    ErrorRecord(
+                        StatusCode.DEADLINE_EXCEEDED, "zcall.DeadlineExceeded", "deadline passed in queue"
+                    ),
+                )
+            else:
+                frame = d.exception_frame(rid, method.name, exc)
+        self._send(envelope, frame)
+        self._reader.check()  # type: ignore[union-attr]
+        self._call_done()
+
+    def _call_done(self) -> None:
+        if not self._in_flight and self._closing and self._idle is not None:
+            self._idle.set()
+
+    def _notify(self, envelope: list[bytes], msg: Notify) -> None:
+        if msg.method == SUBSCRIBE_METHOD:
+            patterns = [p for p in (msg.args[0] if msg.args else []) if isinstance(p, str)]
+            if patterns:
+                self._subscribers[envelope[0]] = (envelope, patterns)
+            else:
+                self._subscribers.pop(envelope[0], None)
+            return
+        d = self._dispatch
+        try:
+            method = d.prepare(msg)  # type: ignore[arg-type]
+        except Rejected as r:
+            log.warning("notify %r refused: %s", msg.method, r)
+            return
+        if self._closing:
+            return
+        if method.is_coroutine:
+            task = self._loop.create_task(method.fn(*msg.args, **msg.kwargs))  # type: ignore[union-attr]
+            task.add_done_callback(_log_notify_failure(msg.method))
+        elif method.inline:
+            try:
+                method.fn(*msg.args, **msg.kwargs)
+            except Exception as exc:
+                log.info("notify handler %r raised %s: %s", msg.method, type(exc).__name__, exc)
+        else:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self._workers, thread_name_prefix=f"zcall-{self.service.name}"
+                )
+            f = self._loop.run_in_executor(self._pool, _run_blocking, method.fn, msg.args, msg.kwargs, None)  # type: ignore[union-attr]
+            f.add_done_callback(_log_notify_failure(msg.method))
+
+
+def _run_blocking(fn: Callable[..., Any], args: Any, kwargs: dict[str, Any], deadline: float | None) -> Any:
+    if deadline is not None and time.monotonic() > deadline:
+        raise _Expired
+    return fn(*args, **kwargs)
+
+
+def _log_notify_failure(name: str) -> Callable[[asyncio.Future[Any]], None]:
+    def done(f: asyncio.Future[Any]) -> None:
+        if not f.cancelled() and f.exception() is not None:
+            exc = f.exception()
+            log.info("notify handler %r raised %s: %s", name, type(exc).__name__, exc)
+
+    return done
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
