@@ -18,6 +18,7 @@ def test_public_exports_are_pinned():
             "InvalidArguments",
             "MessageTooLarge",
             "MethodNotFound",
+            "Peer",
             "ProtocolError",
             "RemoteError",
             "SerializationError",

@@ -20,6 +20,7 @@ from .errors import (
     ServerBusy,
     ZcallError,
 )
+from .peer import Peer
 from .protocol import PROTOCOL_VERSION
 from .service import Service
 from .status import StatusCode
@@ -41,6 +42,7 @@ __all__ = [
     "InvalidArguments",
     "MessageTooLarge",
     "MethodNotFound",
+    "Peer",
     "ProtocolError",
     "RemoteError",
     "SerializationError",

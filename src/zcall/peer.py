@@ -1,0 +1,260 @@
+"""A brokerless node: serves a ``Service`` and calls other peers by name, sync and async, both ways.
+
+A peer binds a ROUTER (async callers; and optionally a REP for plain REQ callers) and connects out
+directly to the peers it knows: a REQ pool for ``call`` (blocking), a DEALER for ``call_async``/``acall``
+/``notify`` and for the events it subscribes to (the Guide's "Harmony" shape: ROUTER in, DEALER out). There
+is no central process; zmq reconnects, so peers may start in any order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+from .async_client import AsyncClient
+from .async_server import AsyncServer
+from .codec import Codec, default_codec
+from .engine import run_on
+from .service import Service
+from .sockets import DEFAULT_BIND, normalize_endpoints
+from .sync_client import SyncClient
+from .sync_server import SyncServer
+
+__all__ = ["Peer"]
+
+
+class Peer:
+    """A named node that serves ``service`` and calls the peers it knows (``connect(name, endpoint)``)."""
+
+    def __init__(
+        self,
+        name: str,
+        service: Service | None = None,
+        *,
+        bind: str = DEFAULT_BIND,
+        sync_bind: str | None = None,
+        peers: dict[str, str | Sequence[str]] | None = None,
+        timeout: float = 5.0,
+        max_in_flight: int = 1000,
+        context: zmq.Context | None = None,
+        codec: Codec = default_codec,
+    ) -> None:
+        self.name = name
+        self.service = service if service is not None else Service(name)
+        self.bind = bind
+        self.sync_bind = sync_bind
+        self.timeout = timeout
+        self._max_in_flight = max_in_flight
+        self._ctx = context or zmq.Context.instance()
+        self._codec = codec
+        self._directory: dict[str, list[str]] = {}
+        self._sync_clients: dict[str, SyncClient] = {}
+        self._async_clients: dict[str, AsyncClient] = {}
+        self._subscriptions: list[tuple[str, Callable[[str, Any], Any], str | None]] = []
+        self._lock = threading.RLock()
+        self._server: AsyncServer | None = None
+        self._sync_server: SyncServer | None = None
+        for peer_name, eps in (peers or {}).items():
+            self.connect(peer_name, eps)
+
+    # -- serving -----------------------------------------------------------------------------------
+
+    @property
+    def method(self) -> Callable[..., Any]:
+        """``@peer.method``: register a handler on this peer's service (options as ``Service.method``)."""
+        return self.service.method
+
+    @property
+    def endpoint(self) -> str:
+        """Where async callers (and REQ callers) reach this peer."""
+        if self._server is None:
+            raise RuntimeError(f"peer {self.name!r} is not started")
+        return self._server.endpoint
+
+    @property
+    def sync_endpoint(self) -> str | None:
+        """The REP endpoint, when the peer was given ``sync_bind``."""
+        return self._sync_server.endpoint if self._sync_server is not None else None
+
+    def start(self) -> Peer:
+        """Bind and serve on zcall's engine thread; returns once bound."""
+        self._server = AsyncServer(
+            self.service, self.bind, max_in_flight=self._max_in_flight, context=self._ctx, codec=self._codec
+        ).start()
+        if self.sync_bind is not None:
+            self._sync_server = SyncServer(
+                self.service, self.sync_bind, context=self._ctx, codec=self._codec
+            ).start()
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop serving (in-flight calls get ``grace`` seconds) and close every outgoing connection."""
+        with self._lock:
+            sync_clients, self._sync_clients = self._sync_clients, {}
+            async_clients, self._async_clients = self._async_clients, {}
+        for c in sync_clients.values():
+            c.close()
+        for ac in async_clients.values():
+            ac.close()
+        if self._sync_server is not None:
+            self._sync_server.stop()
+        if self._server is not None:
+            self._server.stop(grace)
+
+    def serve_forever(self, grace: float = 5.0) -> None:
+        """Start, then block until Ctrl-C or SIGTERM, then stop with ``grace``."""
+        self.start()
+        stop = threading.Event()
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, lambda *a: stop.set())
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            self.stop(grace)
+
+    def __enter__(self) -> Peer:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- the directory -----------------------------------------------------------------------------
+
+    def connect(self, name: str, endpoints: str | Sequence[str]) -> None:
+        """Know peer ``name`` at ``endpoints`` (one or several: failover). Replaces an earlier entry."""
+        eps = normalize_endpoints(endpoints)
+        with self._lock:
+            self._directory[name] = eps
+            old_sync = self._sync_clients.pop(name, None)
+            old_async = self._async_clients.pop(name, None)
+        if old_sync is not None:
+            old_sync.close()
+        if old_async is not None:
+            old_async.close()
+        if self._server is not None and any(p in (None, name) for _, _, p in self._subscriptions):
+            self.client(name)  # reconnect subscriptions to the new address
+
+    @property
+    def peers(self) -> dict[str, list[str]]:
+        """Known peers: name → endpoints."""
+        return {k: list(v) for k, v in self._directory.items()}
+
+    def _endpoints(self, name: str) -> list[str]:
+        try:
+            return self._directory[name]
+        except KeyError:
+            known = ", ".join(sorted(self._directory)) or "none"
+            raise LookupError(
+                f"peer {self.name!r} knows no peer {name!r} (known: {known}); connect() it first"
+            ) from None
+
+    def client(self, name: str) -> AsyncClient:
+        """The async client (DEALER) to peer ``name``; for per-call ``options(...)``."""
+        with self._lock:
+            c = self._async_clients.get(name)
+            if c is not None:
+                return c
+            eps = self._endpoints(name)
+            kwargs = {"timeout": self.timeout, "context": self._ctx, "codec": self._codec}
+            if self._server is not None and self._server._loop is not None:
+                # live on the server's loop, so coroutine handlers can await calls to other peers
+                c = run_on(self._server._loop, lambda: AsyncClient(eps, **kwargs))
+            else:
+                c = AsyncClient(eps, **kwargs)
+            for topic, handler, only in self._subscriptions:
+                if only is None or only == name:
+                    c.on(topic, handler)
+            self._async_clients[name] = c
+            return c
+
+    def sync_client(self, name: str) -> SyncClient:
+        """The blocking client (REQ pool) to peer ``name``; for per-call ``options(...)``."""
+        with self._lock:
+            c = self._sync_clients.get(name)
+            if c is None:
+                c = SyncClient(
+                    self._endpoints(name), timeout=self.timeout, context=self._ctx, codec=self._codec
+                )
+                self._sync_clients[name] = c
+            return c
+
+    # -- calling -----------------------------------------------------------------------------------
+
+    def call(self, peer: str, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``method`` on ``peer`` and block for the result (REQ). Not from a coroutine: use ``acall``."""
+        if self._server is not None and _running_loop() is self._server._loop:
+            raise RuntimeError(
+                "Peer.call() blocks, and this is the peer's event loop (a coroutine or inline handler): "
+                "use 'await peer.acall(...)' here"
+            )
+        return self.sync_client(peer).call(method, *args, **kwargs)
+
+    async def acall(self, peer: str, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``method`` on ``peer`` and await the result (DEALER)."""
+        return await self.client(peer).call(method, *args, **kwargs)
+
+    def call_async(
+        self,
+        peer: str,
+        method: str,
+        /,
+        *args: Any,
+        callback: Callable[[Any], Any] | None = None,
+        errback: Callable[[BaseException], Any] | None = None,
+        **kwargs: Any,
+    ) -> concurrent.futures.Future[Any]:
+        """Send and return a future at once; ``callback``/``errback`` run when the reply comes."""
+        return self.client(peer).call_async(method, *args, callback=callback, errback=errback, **kwargs)
+
+    def notify(self, peer: str, method: str, /, *args: Any, **kwargs: Any) -> None:
+        """One-way call to ``peer``: no reply."""
+        self.client(peer).notify(method, *args, **kwargs)
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: Any = None) -> None:
+        """Push an event to every peer subscribed to ``topic`` (at most once)."""
+        if self._server is None:
+            raise RuntimeError(f"peer {self.name!r} is not started")
+        self._server.publish(topic, payload)
+
+    def on(self, topic: str, handler: Callable[[str, Any], Any], *, peer: str | None = None) -> None:
+        """Run ``handler(topic, payload)`` for events on ``topic`` (``"orders.*"``) from one or all peers."""
+        with self._lock:
+            self._subscriptions.append((topic, handler, peer))
+            names = [peer] if peer is not None else list(self._directory)
+        for n in names:
+            self.client(n).on(topic, handler)
+
+    # -- introspection -----------------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        """This peer's server counters and, per known peer, its client counters."""
+        return {
+            "name": self.name,
+            "server": self._server.statistics() if self._server is not None else None,
+            "clients": {n: c.statistics() for n, c in list(self._async_clients.items())},
+            "sync_clients": {n: dict(c.counters) for n, c in list(self._sync_clients.items())},
+        }
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
