@@ -80,6 +80,8 @@ class Codec:
             )
         if isinstance(obj, (set, frozenset)):
             return list(obj)
+        if isinstance(obj, int):  # msgpack hands over the ints it cannot pack
+            raise SerializationError(f"integer {obj} is outside msgpack's range -2**63 .. 2**64-1")
         raise SerializationError(
             f"cannot send a {type(obj).__module__}.{type(obj).__qualname__} with msgpack: "
             "convert it to plain data or register it with zcall.register_type()"
