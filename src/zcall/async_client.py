@@ -524,7 +524,9 @@ class AsyncClient:
             self._slots.release()
             _fail(p.fut, ClientClosed("AsyncClient is closed"))
             return
-        if not p.aio and not p.fut.set_running_or_notify_cancel():
+        if not p.aio and p.fut.cancelled():
+            # Not set_running_or_notify_cancel(): a RUNNING future refuses cancel(), and a call
+            # awaiting its reply must stay cancellable (the cancel then reaches the server).
             self._slots.release()  # cancelled before it was sent
             return
         self.counters["calls"] += 1
