@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import logging
 import signal
 import threading
@@ -24,6 +25,8 @@ from .status import StatusCode
 __all__ = ["SyncServer"]
 
 log = logging.getLogger("zcall.server")
+
+_server_numbers = itertools.count(1)  # names each server's inproc stop address; never reused
 
 
 class _Shutdown(BaseException):
@@ -67,7 +70,9 @@ class SyncServer:
         self._thread: threading.Thread | None = None
         self._bound = threading.Event()
         self._bind_error: BaseException | None = None
-        self._stop_addr = f"inproc://zcall-syncserver-stop-{id(self):x}"
+        # Not id(self): a stopped server's object id is soon reused while its inproc name may still be
+        # registered (sockets close asynchronously), so the next server's bind failed with EADDRINUSE.
+        self._stop_addr = f"inproc://zcall-syncserver-stop-{next(_server_numbers)}"
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
