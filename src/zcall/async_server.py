@@ -26,6 +26,7 @@ from .codec import Codec, default_codec
 from .dispatch import Dispatcher
 from .engine import Reader, engine, run_on
 from .protocol import PROTOCOL_VERSION, Call, Cancel, ErrorRecord, Event, Kind, Notify, Ping, encode
+from .replycache import IN_PROGRESS
 from .service import Method, Rejected, Service
 from .sockets import DEFAULT_BIND, bind, close_quietly
 from .status import StatusCode
@@ -337,14 +338,24 @@ class AsyncServer:
         if refusal is not None:
             self._send(envelope, d.rejected_frame(msg.id, refusal))
             return
+        cached = msg.retry and not method.idempotent
+        if cached:  # at most once: a resend is answered from the reply cache, never run again
+            replies = d.replies
+            seen = replies.begin(msg.id)
+            if seen is IN_PROGRESS:
+                replies.wait(msg.id, envelope)
+                return
+            if seen is not None:
+                self._send(envelope, seen)
+                return
         if method.inline and not method.is_coroutine:
             try:
                 result = method.fn(*msg.args, **msg.kwargs)
             except Exception as exc:
-                self._send(envelope, d.exception_frame(msg.id, method.name, exc))
+                self._reply(envelope, msg.id, cached, d.exception_frame(msg.id, method.name, exc))
                 return
             if not asyncio.iscoroutine(result):
-                self._send(envelope, d.reply_frame(msg.id, result))
+                self._reply(envelope, msg.id, cached, d.reply_frame(msg.id, result))
                 return
             fut: asyncio.Future[Any] = asyncio.ensure_future(result, loop=self._loop)
         elif method.is_coroutine:
@@ -360,7 +371,14 @@ class AsyncServer:
             )
         key = (envelope[0], msg.id)
         self._in_flight[key] = fut
-        fut.add_done_callback(lambda f: self._finish(key, envelope, msg.id, method, f))
+        fut.add_done_callback(lambda f: self._finish(key, envelope, msg.id, method, cached, f))
+
+    def _reply(self, envelope: list[bytes], rid: int, cached: bool, frame: bytes) -> None:
+        """Send a call's reply, and (for a cached call) keep it and answer resends that joined meanwhile."""
+        self._send(envelope, frame)
+        if cached:
+            for other in self._dispatch.replies.complete(rid, frame):
+                self._send(other, frame)
 
     def _finish(
         self,
@@ -368,12 +386,18 @@ class AsyncServer:
         envelope: list[bytes],
         rid: int,
         method: Method,
+        cached: bool,
         fut: asyncio.Future[Any],
     ) -> None:
         if self._in_flight.pop(key, None) is None:
+            if cached:
+                self._dispatch.replies.forget(rid)  # cancelled: a resend may run it afresh
             return  # cancelled by the caller or answered by shutdown: nothing to send
         d = self._dispatch
         if fut.cancelled():
+            if cached:
+                d.replies.forget(rid)
+                cached = False
             frame = d.error_frame(rid, ErrorRecord(StatusCode.CANCELLED, "zcall.Cancelled", "call cancelled"))
         else:
             exc = fut.exception()
@@ -388,7 +412,7 @@ class AsyncServer:
                 )
             else:
                 frame = d.exception_frame(rid, method.name, exc)
-        self._send(envelope, frame)
+        self._reply(envelope, rid, cached, frame)
         self._reader.check()  # type: ignore[union-attr]
         self._call_done()
 

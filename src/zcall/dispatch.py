@@ -21,6 +21,7 @@ from .protocol import (
     error_for,
     peek_id,
 )
+from .replycache import ReplyCache
 from .service import Method, Service
 from .status import StatusCode
 
@@ -35,7 +36,7 @@ ACK = b""
 class Dispatcher:
     """Turns request frames into reply frames for one ``Service``; counts what it refused."""
 
-    __slots__ = ("service", "codec", "send_tracebacks", "counters", "_pack")
+    __slots__ = ("_pack", "codec", "counters", "replies", "send_tracebacks", "service")
 
     def __init__(self, service: Service, codec: Codec, *, send_tracebacks: bool = True) -> None:
         self.service = service
@@ -48,6 +49,7 @@ class Dispatcher:
             "expired": 0,
         }
         self._pack = codec.packb
+        self.replies = ReplyCache()
 
     def decode(self, frame: bytes) -> Message | bytes:
         """The decoded request, or (for bad input) the error frame to answer it with (logged)."""

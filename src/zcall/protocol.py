@@ -99,7 +99,8 @@ class ErrorRecord:
 
 @dataclass(slots=True)
 class Call:
-    """A request that expects a reply. ``deadline_ms`` is the caller's remaining time when sent."""
+    """A request that expects a reply. ``deadline_ms`` is the caller's remaining time when sent;
+    ``retry`` says the caller may resend this id (a server then keeps the reply to answer a resend)."""
 
     id: int
     method: str
@@ -107,6 +108,7 @@ class Call:
     kwargs: dict[str, Any] = field(default_factory=dict)
     deadline_ms: int | None = None
     headers: dict[str, Any] | None = None
+    retry: bool = False
 
 
 @dataclass(slots=True)
@@ -172,25 +174,28 @@ Message = Call | Notify | Reply | ErrorReply | Event | Ping | Pong | Cancel
 _V = PROTOCOL_VERSION
 
 
-def _meta(deadline_ms: int | None, headers: dict[str, Any] | None) -> dict[str, Any]:
-    if deadline_ms is None and not headers:
+def _meta(deadline_ms: int | None, headers: dict[str, Any] | None, retry: bool = False) -> dict[str, Any]:
+    if deadline_ms is None and not headers and not retry:
         return {}
     meta: dict[str, Any] = {}
     if deadline_ms is not None:
         meta["deadline"] = deadline_ms
     if headers:
         meta["headers"] = headers
+    if retry:
+        meta["retry"] = True
     return meta
 
 
 def encode(msg: Message, codec: Codec = default_codec) -> bytes:
     """One message → one frame. Raises ``SerializationError`` if a value cannot be sent."""
     t = type(msg)
-    if t is Call or t is Notify:
-        kind = Kind.CALL if t is Call else Kind.NOTIFY
-        return codec.packb(
-            [_V, kind, msg.id, msg.method, msg.args, msg.kwargs, _meta(msg.deadline_ms, msg.headers)]
-        )
+    if t is Call:
+        meta = _meta(msg.deadline_ms, msg.headers, msg.retry)
+        return codec.packb([_V, Kind.CALL, msg.id, msg.method, msg.args, msg.kwargs, meta])
+    if t is Notify:
+        meta = _meta(msg.deadline_ms, msg.headers)
+        return codec.packb([_V, Kind.NOTIFY, msg.id, msg.method, msg.args, msg.kwargs, meta])
     if t is Reply:
         return codec.packb([_V, Kind.REPLY, msg.id, msg.result])
     if t is ErrorReply:
@@ -214,9 +219,10 @@ def call_frame(
     deadline_ms: int | None = None,
     headers: dict[str, Any] | None = None,
     codec: Codec = default_codec,
+    retry: bool = False,
 ) -> bytes:
     """Encode a CALL without building a ``Call`` object first (the clients' hot path)."""
-    return codec.packb([_V, Kind.CALL, id, method, args, kwargs, _meta(deadline_ms, headers)])
+    return codec.packb([_V, Kind.CALL, id, method, args, kwargs, _meta(deadline_ms, headers, retry)])
 
 
 class UnsupportedVersion(ProtocolError):
@@ -265,16 +271,16 @@ def _check_call_fields(m: list[Any], n: int, id_: int, what: str) -> tuple[Any, 
     return method, args, kwargs, meta
 
 
-def _meta_fields(meta: dict[str, Any], id_: int) -> tuple[int | None, dict[str, Any] | None]:
+def _meta_fields(meta: dict[str, Any], id_: int) -> tuple[int | None, dict[str, Any] | None, bool]:
     if not meta:
-        return None, None
+        return None, None, False
     deadline = meta.get("deadline")
     if deadline is not None and (type(deadline) is not int or deadline < 0):
         raise BadMessage(f"meta.deadline must be a non-negative integer (ms), got {_short(deadline)}", id_)
     headers = meta.get("headers")
     if headers is not None and type(headers) is not dict:
         raise BadMessage(f"meta.headers must be a map, got {type(headers).__name__}", id_)
-    return deadline, headers
+    return deadline, headers, meta.get("retry") is True
 
 
 def decode(frame: bytes, codec: Codec = default_codec) -> Message:
@@ -296,9 +302,10 @@ def decode(frame: bytes, codec: Codec = default_codec) -> Message:
     if kind == Kind.CALL or kind == Kind.NOTIFY:
         what = "call" if kind == Kind.CALL else "notify"
         method, args, kwargs, meta = _check_call_fields(m, n, id_, what)
-        deadline, headers = _meta_fields(meta, id_)
-        cls = Call if kind == Kind.CALL else Notify
-        return cls(id_, method, args, kwargs, deadline, headers)
+        deadline, headers, retry = _meta_fields(meta, id_)
+        if kind == Kind.CALL:
+            return Call(id_, method, args, kwargs, deadline, headers, retry)
+        return Notify(id_, method, args, kwargs, deadline, headers)
     if kind == Kind.REPLY:
         if n < 4:
             raise BadMessage("reply needs 4 items [version, kind, id, result]", id_)

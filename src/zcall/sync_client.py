@@ -5,8 +5,10 @@ LINGER 0 (a REQ socket that sent and got nothing can never send again: EFSM) and
 a fresh one (the ZeroMQ Guide's Lazy Pirate). With several endpoints each attempt goes to the next one,
 and an endpoint that timed out moves to the back of the line (the Guide's Freelance, model one).
 
-A retry resends the *same request id*. If the first attempt reached the server but its reply was lost,
-the handler may run twice: retries are only safe for idempotent methods (``retries=0`` is the default).
+A retry resends the *same request id*, marked ``retry`` on the wire: a zcall server keeps the reply of
+such a call for a while (``replycache``) and answers a resend from it, so the handler runs at most once
+per server even when a reply is lost. Failover to *another* server has no such memory: there, a
+non-idempotent method may run on both (``retries=0`` and a single endpoint is the default).
 """
 
 from __future__ import annotations
@@ -145,9 +147,10 @@ class SyncClient:
         if self._closed:
             raise ClientClosed("SyncClient is closed")
         rid = self._ids.next()
-        frame = call_frame(rid, method, args, kwargs, int(timeout * 1000), headers, self._codec)
         order = list(self._order)
         attempts = max(retries + 1, len(order))
+        # retry=True asks the server to keep the reply, so a resend is answered without running twice
+        frame = call_frame(rid, method, args, kwargs, int(timeout * 1000), headers, self._codec, attempts > 1)
         timeout_ms = max(1, int(timeout * 1000))
         counters = self.counters
         counters["calls"] += 1

@@ -1,0 +1,125 @@
+"""At-most-once execution for retried calls: a bounded, expiring memory of recent replies by request id.
+
+A caller that may resend a request marks it (meta ``retry: true``). The server remembers such a call
+while it runs and its reply frame for ``ttl`` seconds after, so a resend is answered from memory instead
+of running the handler twice. Memory is bounded by entry count and by reply bytes; the oldest entries
+go first. I/O-free: servers feed it ids and frames.
+
+Request ids carry the caller's random 32-bit prefix (``ids.IdSource``), so the id alone stands for the
+pair (client, request) even when the retry comes on a new socket with a new routing id.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["IN_PROGRESS", "ReplyCache"]
+
+
+class _InProgress:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "IN_PROGRESS"
+
+
+IN_PROGRESS: Any = _InProgress()
+"""``begin`` result: the call is still running; answer the resend when it finishes."""
+
+
+class ReplyCache:
+    """Recent replies by request id, bounded by ``max_entries``, ``max_bytes`` and ``ttl`` seconds."""
+
+    __slots__ = ("max_entries", "max_bytes", "ttl", "_clock", "_entries", "_bytes", "counters")
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = 10_000,
+        max_bytes: int = 64 * 1024 * 1024,
+        ttl: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.ttl = ttl
+        self._clock = clock
+        # id -> [expires_at, frame or IN_PROGRESS, waiters (list of envelopes) or None]
+        self._entries: OrderedDict[int, list[Any]] = OrderedDict()
+        self._bytes = 0
+        self.counters = {"hits": 0, "joined": 0, "evicted": 0, "expired": 0}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of reply frames held now."""
+        return self._bytes
+
+    def begin(self, rid: int) -> Any:
+        """``None``: a new call (now marked running); ``IN_PROGRESS``; or the cached reply frame."""
+        self._expire()
+        e = self._entries.get(rid)
+        if e is None:
+            self._entries[rid] = [self._clock() + self.ttl, IN_PROGRESS, None]
+            self._evict()
+            return None
+        if e[1] is IN_PROGRESS:
+            self.counters["joined"] += 1
+            return IN_PROGRESS
+        self.counters["hits"] += 1
+        return e[1]
+
+    def wait(self, rid: int, waiter: Any) -> None:
+        """Remember someone else to answer when the running call ``rid`` completes (a resend)."""
+        e = self._entries.get(rid)
+        if e is not None and e[1] is IN_PROGRESS:
+            if e[2] is None:
+                e[2] = []
+            e[2].append(waiter)
+
+    def complete(self, rid: int, frame: bytes) -> list[Any]:
+        """Store the reply of ``rid``; returns the waiters that joined while it ran (to answer too)."""
+        e = self._entries.get(rid)
+        if e is None:  # evicted while running: nothing to remember it by
+            return []
+        waiters = e[2] or []
+        e[0] = self._clock() + self.ttl
+        e[1] = frame
+        e[2] = None
+        self._bytes += len(frame)
+        self._entries.move_to_end(rid)
+        self._evict()
+        return waiters
+
+    def forget(self, rid: int) -> None:
+        """Drop ``rid`` (the call was refused before running: a resend may run it)."""
+        e = self._entries.pop(rid, None)
+        if e is not None and e[1] is not IN_PROGRESS:
+            self._bytes -= len(e[1])
+
+    def _expire(self) -> None:
+        entries = self._entries
+        if not entries:
+            return
+        now = self._clock()
+        while entries:
+            _rid, e = next(iter(entries.items()))
+            if e[0] > now:
+                break
+            entries.popitem(last=False)
+            if e[1] is not IN_PROGRESS:
+                self._bytes -= len(e[1])
+            self.counters["expired"] += 1
+
+    def _evict(self) -> None:
+        entries = self._entries
+        while entries and (len(entries) > self.max_entries or self._bytes > self.max_bytes):
+            _rid, e = entries.popitem(last=False)
+            if e[1] is not IN_PROGRESS:
+                self._bytes -= len(e[1])
+            self.counters["evicted"] += 1
