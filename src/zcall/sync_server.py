@@ -112,7 +112,10 @@ class SyncServer:
             poke = self._ctx.socket(zmq.PAIR)
             try:
                 poke.connect(self._stop_addr)
-                poke.send(b"stop")
+                # NOBLOCK: if the serving thread saw _stopping and is already closing its end, the pipe
+                # has no peer and a blocking send on PAIR would wait forever; it is stopping anyway.
+                with contextlib.suppress(zmq.Again):
+                    poke.send(b"stop", zmq.NOBLOCK)
             finally:
                 close_quietly(poke, 100)
         if self._thread is not None and self._thread is not threading.current_thread():
