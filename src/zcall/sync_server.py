@@ -18,6 +18,7 @@ import zmq
 from .codec import Codec, default_codec
 from .dispatch import ACK, Dispatcher
 from .protocol import PROTOCOL_VERSION, Call, Cancel, Kind, Notify, Ping
+from .replycache import IN_PROGRESS
 from .service import Rejected, Service
 from .sockets import DEFAULT_BIND, bind, close_quietly
 from .status import StatusCode
@@ -94,7 +95,7 @@ class SyncServer:
         """Serve on a background thread; returns once bound (raises if binding failed)."""
         if self._thread is not None:
             raise RuntimeError("server already started")
-        self._thread = threading.Thread(target=self._run, name=f"zcall-sync-{self.service.name}", daemon=True)
+        self._thread = threading.Thread(target=self._run_thread, name=f"zcall-sync-{self.service.name}", daemon=True)
         self._thread.start()
         self._bound.wait()
         if self._bind_error is not None:
@@ -151,6 +152,15 @@ class SyncServer:
 
     # -- the loop ----------------------------------------------------------------------------------
 
+    def _run_thread(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            if exc is not self._bind_error:
+                raise
+            # start() re-raises the bind error in the caller's thread; raising it here as well only
+            # printed a second, unhandled "Exception in thread" traceback.
+
     def _run(self) -> None:
         rep = self._ctx.socket(zmq.REP)
         ctl = self._ctx.socket(zmq.PAIR)
@@ -205,13 +215,22 @@ class SyncServer:
                     raise Rejected(StatusCode.DEADLINE_EXCEEDED, "deadline passed before the call started")
             except Rejected as r:
                 return d.rejected_frame(msg.id, r.record)
+            cached = msg.retry and not method.idempotent  # type: ignore[union-attr]
+            if cached:  # at most once: a resend is answered from the reply cache, never run again
+                seen = d.replies.begin(msg.id)
+                if seen is not None and seen is not IN_PROGRESS:
+                    return seen  # type: ignore[no-any-return]
             try:
                 result = method.fn(*msg.args, **msg.kwargs)  # type: ignore[union-attr]
                 if inspect.isawaitable(result):
                     result = self._run_coroutine(result)
             except Exception as exc:
-                return d.exception_frame(msg.id, method.name, exc)
-            return d.reply_frame(msg.id, result)
+                frame = d.exception_frame(msg.id, method.name, exc)
+            else:
+                frame = d.reply_frame(msg.id, result)
+            if cached:
+                d.replies.complete(msg.id, frame)
+            return frame
         if t is Ping:
             return d.codec.packb([PROTOCOL_VERSION, Kind.PONG, msg.id])
         if t is Notify:
