@@ -42,6 +42,7 @@ from .errors import (
     ProtocolError,
 )
 from .ids import IdSource
+from .liveness import DEFAULT_HEARTBEAT, Heartbeat, State
 from .protocol import Event, Kind, Notify, call_frame, decode, encode
 from .sockets import close_quietly, normalize_endpoints
 from .status import StatusCode
@@ -94,7 +95,18 @@ class _Pending:
 class _Channel:
     """One DEALER connected to one endpoint, with its reader and its connection monitor."""
 
-    __slots__ = ("endpoint", "sock", "reader", "monitor", "monitor_reader", "connected", "last_seq")
+    __slots__ = (
+        "endpoint",
+        "sock",
+        "reader",
+        "monitor",
+        "monitor_reader",
+        "connected",
+        "last_seq",
+        "state",
+        "last_heard",
+        "ping_out",
+    )
 
     def __init__(self, client: AsyncClient, endpoint: str) -> None:
         self.endpoint = endpoint
@@ -102,11 +114,16 @@ class _Channel:
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)
+        if client._heartbeat is not None:
+            client._heartbeat.apply(sock)
         self.monitor = sock.get_monitor_socket(_MONITORED)
         sock.connect(endpoint)
         self.sock = sock
         self.connected = False
         self.last_seq = 0
+        self.state = State.DEAD
+        self.last_heard = 0.0
+        self.ping_out = False
         self.reader = Reader(
             loop, sock, lambda frames: client._on_frames(self, frames), client._flush_waiting
         )
@@ -185,6 +202,7 @@ class AsyncClient:
         timeout: float = DEFAULT_TIMEOUT,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         headers: dict[str, Any] | None = None,
+        heartbeat: Heartbeat | None = DEFAULT_HEARTBEAT,
         context: zmq.Context | None = None,
         codec: Codec = default_codec,
     ) -> None:
@@ -197,6 +215,9 @@ class AsyncClient:
         self.headers = headers
         self._ctx = context or zmq.Context.instance()
         self._codec = codec
+        self._heartbeat = heartbeat
+        self._liveness_callbacks: list[Callable[[str, State], Any]] = []
+        self._tick_handle: asyncio.TimerHandle | None = None
         self._ids = IdSource()
         self._slots = _Slots(max_in_flight)
         self._pending: dict[int, _Pending] = {}
@@ -239,6 +260,8 @@ class AsyncClient:
     def _open(self) -> None:
         self._thread_id = threading.get_ident()
         self._channels = [_Channel(self, ep) for ep in self.endpoints]
+        if self._heartbeat is not None:
+            self._tick_handle = self._loop.call_later(self._heartbeat.interval, self._tick)
 
     # -- the asyncio face --------------------------------------------------------------------------
 
@@ -434,6 +457,14 @@ class AsyncClient:
             "connected": [ch.endpoint for ch in self._channels if ch.connected],
         }
 
+    def liveness(self) -> dict[str, State]:
+        """What this client believes of each endpoint now: alive, suspect or dead."""
+        return {ch.endpoint: ch.state for ch in self._channels}
+
+    def on_liveness(self, callback: Callable[[str, State], Any]) -> None:
+        """Call ``callback(endpoint, state)`` on the client's loop whenever an endpoint changes state."""
+        self._liveness_callbacks.append(callback)
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -477,6 +508,8 @@ class AsyncClient:
         if self._closed:
             return
         self._closed = True
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
         self._drain_inbox()
         pending, self._pending = self._pending, {}
         for p in pending.values():
@@ -542,11 +575,14 @@ class AsyncClient:
             return chans[0] if chans[0].connected else None
         n = len(chans)
         start = next(self._rr)
+        fallback = None
         for i in range(n):
             ch = chans[(start + i) % n]
             if ch.connected:
-                return ch
-        return None
+                if ch.state is State.ALIVE:
+                    return ch
+                fallback = fallback or ch  # suspect: only when nobody better is connected
+        return fallback
 
     def _send_or_wait(self, p: _Pending | None, frame: bytes, deadline: float) -> None:
         if self._waiting or not self._try_send(p, frame):
@@ -618,6 +654,9 @@ class AsyncClient:
                 pass
 
     def _on_frames(self, ch: _Channel, frames: list[bytes]) -> None:
+        ch.last_heard = self._loop.time()
+        if ch.state is not State.ALIVE and ch.connected:
+            self._set_state(ch, State.ALIVE)
         body = frames[-1]
         if not body:
             return  # an empty-body ACK from a REP server (notify / cancel)
@@ -658,7 +697,8 @@ class AsyncClient:
                 _fail(p.fut, exc2)
         elif kind == "Event":
             self._on_event(ch, msg)  # type: ignore[arg-type]
-        # Pong and anything else: liveness is handled elsewhere; ignore.
+        elif kind == "Pong":
+            ch.ping_out = False
 
     def _finish(self, p: _Pending) -> None:
         if p.timer is not None:
@@ -689,11 +729,49 @@ class AsyncClient:
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             ch.connected = True
             ch.last_seq = 0
+            ch.last_heard = self._loop.time()
+            ch.ping_out = False
+            self._set_state(ch, State.ALIVE)
             self._subscribe(ch)
             self._flush_waiting()
         elif event == zmq.EVENT_DISCONNECTED:
             ch.connected = False
+            self._set_state(ch, State.DEAD)
             self._connection_lost(ch)
+
+    def _set_state(self, ch: _Channel, state: State) -> None:
+        if ch.state is state:
+            return
+        old, ch.state = ch.state, state
+        log.info("%s: %s -> %s", ch.endpoint, old.value, state.value)
+        for cb in list(self._liveness_callbacks):
+            try:
+                cb(ch.endpoint, state)
+            except Exception:
+                self.counters["callback_errors"] += 1
+                log.exception("liveness callback raised (the client keeps going)")
+
+    def _tick(self) -> None:
+        """Every heartbeat interval: ping quiet connections (one ping at most), mark silent ones suspect."""
+        hb = self._heartbeat
+        if self._closed or hb is None:
+            return
+        now = self._loop.time()
+        for ch in self._channels:
+            if not ch.connected:
+                continue
+            quiet = now - ch.last_heard
+            if quiet > 2 * hb.interval and ch.state is State.ALIVE:
+                self._set_state(ch, State.SUSPECT)
+            if quiet > hb.interval and not ch.ping_out:
+                try:
+                    ch.sock.send(b"", _NOBLOCK | _SNDMORE)
+                    ch.sock.send(self._codec.packb([1, Kind.PING, self._ids.next()]), _NOBLOCK)
+                    ch.ping_out = True
+                    ch.reader.check()
+                except zmq.ZMQError:
+                    pass
+        self._tick_handle = self._loop.call_later(hb.interval, self._tick)
 
     def _connection_lost(self, ch: _Channel) -> None:
         lost = [p for p in self._pending.values() if p.channel is ch]

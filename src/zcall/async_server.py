@@ -25,6 +25,7 @@ import zmq
 from .codec import Codec, default_codec
 from .dispatch import Dispatcher
 from .engine import Reader, engine, run_on
+from .liveness import DEFAULT_HEARTBEAT, Heartbeat
 from .protocol import PROTOCOL_VERSION, Call, Cancel, ErrorRecord, Event, Kind, Notify, Ping, encode
 from .replycache import IN_PROGRESS
 from .service import Method, Rejected, Service
@@ -68,6 +69,7 @@ class AsyncServer:
         context: zmq.Context | None = None,
         codec: Codec = default_codec,
         send_tracebacks: bool = True,
+        heartbeat: Heartbeat | None = DEFAULT_HEARTBEAT,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
@@ -78,6 +80,7 @@ class AsyncServer:
         self._ctx = context or zmq.Context.instance()
         self._dispatch = Dispatcher(service, codec, send_tracebacks=send_tracebacks)
         self._codec = codec
+        self._heartbeat = heartbeat
         self._endpoint: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: zmq.Socket | None = None
@@ -255,6 +258,8 @@ class AsyncServer:
         try:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.setsockopt(zmq.LINGER, 0)
+            if self._heartbeat is not None:
+                self._heartbeat.apply(sock)  # dead clients are dropped, so replies to them fail fast
             self._endpoint = bind(sock, self._requested)
         except BaseException:
             close_quietly(sock)
