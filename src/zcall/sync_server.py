@@ -8,6 +8,7 @@ import inspect
 import itertools
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from types import TracebackType
@@ -35,19 +36,31 @@ class _Shutdown(BaseException):
 
 
 @contextlib.contextmanager
-def _signals_stop() -> Iterator[None]:
-    """In the main thread, make SIGTERM unwind like Ctrl-C for the duration of the block."""
+def _signals_stop() -> Iterator[socket.socket | None]:
+    """In the main thread, make SIGTERM unwind like Ctrl-C for the duration of the block.
+
+    Yields a socket that turns readable when a signal arrives (``signal.set_wakeup_fd``), or None off
+    the main thread. A blocking zmq poll must watch it: a signal landing just before the poll starts
+    does not interrupt it, so without it SIGTERM/SIGINT were sometimes ignored until the next request.
+    """
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield None
         return
 
     def on_term(signum: int, frame: Any) -> None:
         raise _Shutdown
 
     previous = signal.signal(signal.SIGTERM, on_term)
+    rsock, wsock = socket.socketpair()
+    rsock.setblocking(False)
+    wsock.setblocking(False)
+    previous_fd = signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
     try:
-        yield
+        yield rsock
     finally:
+        signal.set_wakeup_fd(previous_fd)
+        rsock.close()
+        wsock.close()
         signal.signal(signal.SIGTERM, previous)
 
 
@@ -124,9 +137,9 @@ class SyncServer:
 
     def serve_forever(self) -> None:
         """Serve in this thread until KeyboardInterrupt or SIGTERM (handled here), or ``stop()``."""
-        with _signals_stop():
+        with _signals_stop() as wakeup:
             try:
-                self._run()
+                self._run(wakeup)
             except (KeyboardInterrupt, _Shutdown):
                 log.info("sync server %s stopping on signal", self._endpoint)
 
@@ -161,7 +174,7 @@ class SyncServer:
             # start() re-raises the bind error in the caller's thread; raising it here as well only
             # printed a second, unhandled "Exception in thread" traceback.
 
-    def _run(self) -> None:
+    def _run(self, wakeup: socket.socket | None = None) -> None:
         rep = self._ctx.socket(zmq.REP)
         ctl = self._ctx.socket(zmq.PAIR)
         try:
@@ -178,10 +191,17 @@ class SyncServer:
             poller = zmq.Poller()
             poller.register(rep, zmq.POLLIN)
             poller.register(ctl, zmq.POLLIN)
+            if wakeup is not None:
+                poller.register(wakeup.fileno(), zmq.POLLIN)
             while not self._stopping:
                 events = dict(poller.poll())
                 if ctl in events:
                     break
+                if wakeup is not None and wakeup.fileno() in events:
+                    # a signal arrived: its Python handler runs (and raises) as soon as we are back in
+                    # bytecode; drain the bytes so a signal that does not raise cannot spin the loop
+                    with contextlib.suppress(BlockingIOError):
+                        wakeup.recv(512)
                 if rep in events:
                     self._serve_one(rep)
         finally:
