@@ -79,6 +79,10 @@ class SyncClient:
         headers: dict[str, Any] | None = None,
     ) -> CallOptions:
         """A view of this client with other per-call settings: ``client.options(timeout=1).call(...)``."""
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        if retries is not None and retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries!r}")
         return CallOptions(
             self,
             self.timeout if timeout is None else timeout,
