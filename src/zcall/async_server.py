@@ -26,6 +26,7 @@ from .codec import Codec, default_codec
 from .dispatch import Dispatcher
 from .engine import Reader, engine, run_on
 from .liveness import DEFAULT_HEARTBEAT, Heartbeat
+from .metrics import CallToken, Outcome
 from .protocol import PROTOCOL_VERSION, Call, Cancel, ErrorRecord, Event, Kind, Notify, Ping, encode
 from .replycache import IN_PROGRESS
 from .service import Method, Rejected, Service
@@ -40,6 +41,7 @@ SUBSCRIBE_METHOD = "zcall.subscribe"
 """NOTIFY a client sends to tell a server which event topics it wants (protocol plumbing)."""
 
 DEFAULT_MAX_IN_FLIGHT = 1000
+_CANCELLED = int(Outcome.CANCELLED)
 
 _NOBLOCK = zmq.NOBLOCK
 _SNDMORE = zmq.SNDMORE
@@ -93,6 +95,7 @@ class AsyncServer:
         self._uses_engine = False
         self._subscribers: dict[bytes, tuple[list[bytes], list[str]]] = {}
         self._event_seq = 0
+        self._send_errno = 0  # errno of the last failed _send (EAGAIN: slow peer, EHOSTUNREACH: gone)
         self.counters = {"undeliverable": 0, "overloaded": 0, "cancelled": 0, "events_sent": 0}
 
     # -- properties --------------------------------------------------------------------------------
@@ -244,8 +247,9 @@ class AsyncServer:
             if any(topic_matches(p, topic) for p in patterns):
                 if self._send(envelope, frame):
                     sent += 1
-                else:
+                elif self._send_errno == zmq.EHOSTUNREACH:
                     self._subscribers.pop(ident, None)  # gone: forget it (bounded state)
+                # EAGAIN: a slow subscriber's queue is full; this event is lost, the subscription stays
         self.counters["events_sent"] += sent
         if self._reader is not None:
             self._reader.check()
@@ -285,6 +289,7 @@ class AsyncServer:
             return True
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the client is gone (ROUTER_MANDATORY); EAGAIN: its queue is full.
+            self._send_errno = exc.errno
             self.counters["undeliverable"] += 1
             log.debug("reply undeliverable: %s", exc)
             return False
@@ -341,7 +346,7 @@ class AsyncServer:
             return
         refusal = self._refuse(msg)
         if refusal is not None:
-            self._send(envelope, d.rejected_frame(msg.id, refusal))
+            self._send(envelope, d.rejected_frame(msg.id, refusal, method=method.name))
             return
         cached = msg.retry and not method.idempotent
         if cached:  # at most once: a resend is answered from the reply cache, never run again
@@ -353,14 +358,15 @@ class AsyncServer:
             if seen is not None:
                 self._send(envelope, seen)
                 return
+        token = d.metrics.started(method.name)
         if method.inline and not method.is_coroutine:
             try:
                 result = method.fn(*msg.args, **msg.kwargs)
             except Exception as exc:
-                self._reply(envelope, msg.id, cached, d.exception_frame(msg.id, method.name, exc))
+                self._reply(envelope, msg.id, cached, d.exception_frame(msg.id, method.name, exc, token))
                 return
             if not asyncio.iscoroutine(result):
-                self._reply(envelope, msg.id, cached, d.reply_frame(msg.id, result))
+                self._reply(envelope, msg.id, cached, d.reply_frame(msg.id, result, token))
                 return
             fut: asyncio.Future[Any] = asyncio.ensure_future(result, loop=self._loop)
         elif method.is_coroutine:
@@ -376,7 +382,7 @@ class AsyncServer:
             )
         key = (envelope[0], msg.id)
         self._in_flight[key] = fut
-        fut.add_done_callback(lambda f: self._finish(key, envelope, msg.id, method, cached, f))
+        fut.add_done_callback(lambda f: self._finish(key, envelope, msg.id, method, cached, token, f))
 
     def _reply(self, envelope: list[bytes], rid: int, cached: bool, frame: bytes) -> None:
         """Send a call's reply, and (for a cached call) keep it and answer resends that joined meanwhile."""
@@ -392,31 +398,35 @@ class AsyncServer:
         rid: int,
         method: Method,
         cached: bool,
+        token: CallToken,
         fut: asyncio.Future[Any],
     ) -> None:
-        if self._in_flight.pop(key, None) is None:
-            if cached:
-                self._dispatch.replies.forget(rid)  # cancelled: a resend may run it afresh
-            return  # cancelled by the caller or answered by shutdown: nothing to send
         d = self._dispatch
+        if self._in_flight.pop(key, None) is None:
+            d.metrics.finished(token, _CANCELLED)
+            if cached:
+                d.replies.forget(rid)  # cancelled: a resend may run it afresh
+            return  # cancelled by the caller or answered by shutdown: nothing to send
         if fut.cancelled():
             if cached:
                 d.replies.forget(rid)
                 cached = False
-            frame = d.error_frame(rid, ErrorRecord(StatusCode.CANCELLED, "zcall.Cancelled", "call cancelled"))
+            record = ErrorRecord(StatusCode.CANCELLED, "zcall.Cancelled", "call cancelled")
+            frame = d.rejected_frame(rid, record, token=token)
         else:
             exc = fut.exception()
             if exc is None:
-                frame = d.reply_frame(rid, fut.result())
+                frame = d.reply_frame(rid, fut.result(), token)
             elif isinstance(exc, _Expired):
                 frame = d.rejected_frame(
                     rid,
                     ErrorRecord(
                         StatusCode.DEADLINE_EXCEEDED, "zcall.DeadlineExceeded", "deadline passed in queue"
                     ),
+                    token=token,
                 )
             else:
-                frame = d.exception_frame(rid, method.name, exc)
+                frame = d.exception_frame(rid, method.name, exc, token)
         self._reply(envelope, rid, cached, frame)
         self._reader.check()  # type: ignore[union-attr]
         self._call_done()

@@ -11,6 +11,7 @@ from typing import Any
 
 from .codec import Codec
 from .errors import ProtocolError, SerializationError
+from .metrics import OTHER, CallToken, Outcome, outcome_for_status
 from .protocol import (
     PROTOCOL_VERSION,
     Call,
@@ -22,12 +23,16 @@ from .protocol import (
     peek_id,
 )
 from .replycache import ReplyCache
-from .service import Method, Service
+from .service import Method, Rejected, Service
 from .status import StatusCode
 
 __all__ = ["Dispatcher", "ACK"]
 
 log = logging.getLogger("zcall.server")
+
+_OK = int(Outcome.OK)
+_ERROR = int(Outcome.ERROR)
+_REJECTED = int(Outcome.REJECTED)
 
 ACK = b""
 """An empty body: what a REP server sends when it must answer but the request wants no reply."""
@@ -36,7 +41,16 @@ ACK = b""
 class Dispatcher:
     """Turns request frames into reply frames for one ``Service``; counts what it refused."""
 
-    __slots__ = ("_pack", "codec", "counters", "replies", "send_tracebacks", "service")
+    __slots__ = (
+        "__weakref__",
+        "_pack",
+        "codec",
+        "counters",
+        "metrics",
+        "replies",
+        "send_tracebacks",
+        "service",
+    )
 
     def __init__(self, service: Service, codec: Codec, *, send_tracebacks: bool = True) -> None:
         self.service = service
@@ -50,6 +64,8 @@ class Dispatcher:
         }
         self._pack = codec.packb
         self.replies = ReplyCache()
+        self.metrics = service.metrics  # per service, shared by every server serving it
+        service._servers.add(self)
 
     def decode(self, frame: bytes) -> Message | bytes:
         """The decoded request, or (for bad input) the error frame to answer it with (logged)."""
@@ -77,15 +93,28 @@ class Dispatcher:
     def prepare(self, msg: Call) -> Method:
         """Look the method up and bind the arguments; raises ``Rejected`` with the record to send."""
         self.counters["calls"] += 1
-        m = self.service.lookup(msg.method)
-        m.check(msg.args, msg.kwargs)
+        try:
+            m = self.service.lookup(msg.method)
+        except Rejected:
+            self.metrics.record(OTHER, _REJECTED)  # never the caller's made-up name: bounded rows
+            raise
+        try:
+            m.check(msg.args, msg.kwargs)
+        except Rejected:
+            self.metrics.record(m.name, _REJECTED)
+            raise
         return m
 
-    def reply_frame(self, id: int, result: Any) -> bytes:  # noqa: A002
+    def reply_frame(self, id: int, result: Any, token: CallToken | None = None) -> bytes:  # noqa: A002
         """Encode a result; a result msgpack cannot carry becomes an INTERNAL error instead."""
         try:
-            return self._pack([PROTOCOL_VERSION, Kind.REPLY, id, result])
+            frame = self._pack([PROTOCOL_VERSION, Kind.REPLY, id, result])
+            if token is not None:
+                self.metrics.finished(token, _OK)
+            return frame
         except SerializationError as exc:
+            if token is not None:
+                self.metrics.finished(token, _ERROR)
             self.counters["errors"] += 1
             log.error("reply to call %d cannot be encoded: %s", id, exc)
             record = ErrorRecord(
@@ -100,14 +129,34 @@ class Dispatcher:
             record.data = None
             return self._pack([PROTOCOL_VERSION, Kind.ERROR, id, record.to_wire()])
 
-    def exception_frame(self, id: int, method: str, exc: BaseException) -> bytes:  # noqa: A002
+    def exception_frame(
+        self,
+        id: int,  # noqa: A002
+        method: str,
+        exc: BaseException,
+        token: CallToken | None = None,
+    ) -> bytes:
         """The error reply for an exception raised by a handler (logged with its traceback)."""
+        if token is not None:
+            self.metrics.finished(token, _ERROR)
         self.counters["errors"] += 1
         log.info("handler %r raised %s: %s", method, type(exc).__name__, exc)
         record = ErrorRecord.from_exception(exc, with_traceback=self.send_tracebacks)
         return self.error_frame(id, record)
 
-    def rejected_frame(self, id: int, record: ErrorRecord) -> bytes:  # noqa: A002
+    def rejected_frame(
+        self,
+        id: int,  # noqa: A002
+        record: ErrorRecord,
+        *,
+        method: str | None = None,
+        token: CallToken | None = None,
+    ) -> bytes:
+        """The error reply for a call refused or dropped (counted under ``method`` or its ``token``)."""
+        if token is not None:
+            self.metrics.finished(token, outcome_for_status(record.code))
+        elif method is not None:
+            self.metrics.record(method, outcome_for_status(record.code))
         self.counters["errors"] += 1
         if record.code == StatusCode.DEADLINE_EXCEEDED:
             self.counters["expired"] += 1

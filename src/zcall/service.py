@@ -11,9 +11,11 @@ import difflib
 import inspect
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, overload
 
+from .metrics import Metrics
 from .protocol import ErrorRecord
 from .status import StatusCode
 
@@ -129,8 +131,12 @@ class Service:
         self.name = name
         self._methods: dict[str, Method] = {}
         self._started = time.time()
+        self.metrics = Metrics()
+        """Per-method call metrics, recorded by every server that serves this service."""
+        self._servers: weakref.WeakSet[Any] = weakref.WeakSet()  # their dispatchers, for counters
         self._add_builtin("ping", self._ping)
         self._add_builtin("methods", self._list_methods)
+        self._add_builtin("stats", self._stats)
 
     # -- registration ------------------------------------------------------------------------------
 
@@ -182,6 +188,7 @@ class Service:
             raise TypeError(f"{fn!r} is not callable")
         m = Method(name, fn, inline=inline, idempotent=idempotent)
         self._methods[name] = m
+        self.metrics.declare([name])
         return m
 
     def register(self, obj: Any, prefix: str = "", *, inline: bool = False) -> list[str]:
@@ -243,6 +250,15 @@ class Service:
     def _ping(self) -> dict[str, Any]:
         """Liveness check: the service name, its pid and uptime."""
         return {"service": self.name, "pid": os.getpid(), "uptime": time.time() - self._started}
+
+    def _stats(self) -> dict[str, Any]:
+        """Call metrics per method (calls, errors, latency, throughput, availability) and server counters."""
+        counters: dict[str, int] = {}
+        for server in list(self._servers):
+            for k, v in server.counters.items():
+                counters[k] = counters.get(k, 0) + v
+        snap = self.metrics.snapshot()
+        return {"service": self.name, "pid": os.getpid(), **snap, "counters": counters}
 
     def _list_methods(self) -> list[dict[str, Any]]:
         """Every callable method with its signature and the first line of its docstring."""

@@ -108,7 +108,9 @@ class SyncServer:
         """Serve on a background thread; returns once bound (raises if binding failed)."""
         if self._thread is not None:
             raise RuntimeError("server already started")
-        self._thread = threading.Thread(target=self._run_thread, name=f"zcall-sync-{self.service.name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run_thread, name=f"zcall-sync-{self.service.name}", daemon=True
+        )
         self._thread.start()
         self._bound.wait()
         if self._bind_error is not None:
@@ -231,23 +233,25 @@ class SyncServer:
         if t is Call:
             try:
                 method = d.prepare(msg)  # type: ignore[arg-type]
-                if msg.deadline_ms == 0:  # type: ignore[union-attr]
-                    raise Rejected(StatusCode.DEADLINE_EXCEEDED, "deadline passed before the call started")
             except Rejected as r:
                 return d.rejected_frame(msg.id, r.record)
+            if msg.deadline_ms == 0:  # type: ignore[union-attr]
+                expired = Rejected(StatusCode.DEADLINE_EXCEEDED, "deadline passed before the call started")
+                return d.rejected_frame(msg.id, expired.record, method=method.name)
             cached = msg.retry and not method.idempotent  # type: ignore[union-attr]
             if cached:  # at most once: a resend is answered from the reply cache, never run again
                 seen = d.replies.begin(msg.id)
                 if seen is not None and seen is not IN_PROGRESS:
                     return seen  # type: ignore[no-any-return]
+            token = d.metrics.started(method.name)
             try:
                 result = method.fn(*msg.args, **msg.kwargs)  # type: ignore[union-attr]
                 if inspect.isawaitable(result):
                     result = self._run_coroutine(result)
             except Exception as exc:
-                frame = d.exception_frame(msg.id, method.name, exc)
+                frame = d.exception_frame(msg.id, method.name, exc, token)
             else:
-                frame = d.reply_frame(msg.id, result)
+                frame = d.reply_frame(msg.id, result, token)
             if cached:
                 d.replies.complete(msg.id, frame)
             return frame
