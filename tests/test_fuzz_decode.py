@@ -70,7 +70,7 @@ records = st.builds(
     data=values,
 )
 messages = st.one_of(
-    st.builds(Call, **call_fields),
+    st.builds(Call, **call_fields, retry=st.booleans()),
     st.builds(Notify, **call_fields),
     st.builds(Reply, id=ids, result=values),
     st.builds(ErrorReply, id=ids, error=records),

@@ -63,6 +63,7 @@ ROUND_TRIPS = [
     Call(ID, "slow", [], {}, deadline_ms=1500),
     Call(ID, "slow", [], {}, deadline_ms=0, headers={"trace": "abc", "n": 1}),
     Call(0, "m", [], {}, headers={"only": "headers"}),
+    Call(ID, "orders.create", [1], {}, deadline_ms=5000, retry=True),
     Call(MAX_ID, "m"),
     Notify(ID, "log.write", ["hello"], {"level": "info"}, deadline_ms=20, headers={"h": b"\x01"}),
     Reply(ID, {"nested": [[], {}, [1, [2, [3]]]], "when": WHEN, "blob": b"\x00" * 300}),
@@ -111,6 +112,7 @@ def test_layouts_on_the_wire():
         {"k": 2},
         {"deadline": 100, "headers": {"h": 1}},
     ]
+    assert unpack(encode(Call(5, "f", retry=True)))[6] == {"retry": True}
     assert unpack(encode(Notify(5, "f"))) == [1, 4, 5, "f", [], {}, {}]
     assert unpack(encode(Reply(5, "r"))) == [1, 2, 5, "r"]
     assert unpack(encode(ErrorReply(5, ErrorRecord(StatusCode.OVERLOADED, "T", "m")))) == [
@@ -149,6 +151,13 @@ def test_forward_compatible_extras_are_ignored():
         5, "f", [], {}, 3, None
     )
     assert decode(raw(1, 2, 5, "r", "extra")) == Reply(5, "r")
+
+
+def test_retry_flag_counts_only_when_exactly_true():
+    assert decode(raw(1, 1, 5, "f", [], {}, {"retry": True})).retry is True
+    for value in (1, "yes", None, False, [True]):
+        assert decode(raw(1, 1, 5, "f", [], {}, {"retry": value})).retry is False
+    assert not hasattr(decode(raw(1, 4, 5, "f", [], {}, {"retry": True})), "retry")  # NOTIFY: no such thing
 
 
 def test_nil_kwargs_and_meta_read_as_empty():

@@ -90,6 +90,8 @@ def message_to_json(msg: Message) -> dict[str, Any]:
             meta["deadline"] = msg.deadline_ms
         if msg.headers is not None:
             meta["headers"] = to_json(msg.headers)
+        if t is Call and msg.retry:
+            meta["retry"] = True
         return {
             "kind": "CALL" if t is Call else "NOTIFY",
             "id": msg.id,
@@ -123,9 +125,8 @@ def message_from_json(m: dict[str, Any]) -> Message:
     """Build the zcall message object a vector describes."""
     kind, id_ = m["kind"], m["id"]
     if kind in ("CALL", "NOTIFY"):
-        cls = Call if kind == "CALL" else Notify
         meta = m["meta"]
-        return cls(
+        fields = (
             id_,
             m["method"],
             from_json(m["args"]),
@@ -133,6 +134,10 @@ def message_from_json(m: dict[str, Any]) -> Message:
             meta.get("deadline"),
             from_json(meta["headers"]) if "headers" in meta else None,
         )
+        if kind == "NOTIFY":
+            assert "retry" not in meta
+            return Notify(*fields)
+        return Call(*fields, retry=meta.get("retry", False))
     if kind == "REPLY":
         return Reply(id_, from_json(m["result"]))
     if kind == "ERROR":
