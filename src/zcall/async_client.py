@@ -43,6 +43,7 @@ from .errors import (
 )
 from .ids import IdSource
 from .liveness import DEFAULT_HEARTBEAT, Heartbeat, State
+from .metrics import CallToken, Metrics, Outcome, outcome_for_status
 from .protocol import Event, Kind, Notify, call_frame, decode, encode
 from .sockets import close_quietly, normalize_endpoints
 from .status import StatusCode
@@ -58,6 +59,10 @@ _NOBLOCK = zmq.NOBLOCK
 _SNDMORE = zmq.SNDMORE
 _REPLY = Kind.REPLY
 _ERROR = Kind.ERROR
+_OK = int(Outcome.OK)
+_ERROR = int(Outcome.ERROR)
+_TIMEOUT = int(Outcome.TIMEOUT)
+_CANCELLED = int(Outcome.CANCELLED)
 _MONITORED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
 
@@ -75,6 +80,7 @@ class _Pending:
         "deadline",
         "idempotent",
         "aio",
+        "token",
     )
 
     def __init__(
@@ -90,6 +96,7 @@ class _Pending:
         self.timer: asyncio.TimerHandle | None = None
         self.channel: _Channel | None = None
         self.started = 0.0
+        self.token: CallToken | None = None
 
 
 class _Channel:
@@ -220,6 +227,8 @@ class AsyncClient:
         self._tick_handle: asyncio.TimerHandle | None = None
         self._ids = IdSource()
         self._slots = _Slots(max_in_flight)
+        self.metrics = Metrics()
+        """Per remote method: calls, outcomes, latency, throughput, availability (``statistics()``)."""
         self._pending: dict[int, _Pending] = {}
         self._waiting: collections.deque[tuple[_Pending | None, bytes, float]] = collections.deque()
         self._inbox: collections.deque[Callable[[], None]] = collections.deque()
@@ -305,7 +314,7 @@ class AsyncClient:
             return await fut
         except asyncio.CancelledError:
             if self._pending.pop(rid, None) is not None:
-                self._abandon(p, send_cancel=True)
+                self._abandon(p, _CANCELLED, send_cancel=True)
                 self.counters["cancelled"] += 1
             raise
 
@@ -391,9 +400,7 @@ class AsyncClient:
     def _cancel_from_user(self, p: _Pending) -> None:
         if self._pending.pop(p.id, None) is not None:
             self.counters["cancelled"] += 1
-            self._abandon(p, send_cancel=True)
-        else:
-            self._drop_waiting(p)
+            self._abandon(p, _CANCELLED, send_cancel=True)
 
     # -- one-way calls and events ------------------------------------------------------------------
 
@@ -452,6 +459,7 @@ class AsyncClient:
         """Counters, calls in flight, and which endpoints are connected right now."""
         return {
             **self.counters,
+            "methods": self.metrics.snapshot()["methods"],
             "in_flight": len(self._pending),
             "waiting": len(self._waiting),
             "connected": [ch.endpoint for ch in self._channels if ch.connected],
@@ -512,18 +520,10 @@ class AsyncClient:
             self._tick_handle.cancel()
         self._drain_inbox()
         pending, self._pending = self._pending, {}
-        for p in pending.values():
-            if p.timer is not None:
-                p.timer.cancel()
-            self._slots.release()
+        for p in pending.values():  # calls still waiting for a connection are in here too
+            self._finish(p, _CANCELLED)
             _fail(p.fut, ClientClosed(f"client closed while call {p.method!r} was pending"))
-        waiting, self._waiting = self._waiting, collections.deque()
-        for p, _frame, _deadline in waiting:
-            if p is not None:
-                if p.timer is not None:
-                    p.timer.cancel()
-                self._slots.release()
-                _fail(p.fut, ClientClosed(f"client closed while call {p.method!r} was waiting"))
+        self._waiting.clear()
         for ch in self._channels:
             ch.close()
 
@@ -563,6 +563,7 @@ class AsyncClient:
             self._slots.release()  # cancelled before it was sent
             return
         self.counters["calls"] += 1
+        p.token = self.metrics.started(p.method)
         loop = self._loop
         p.started = loop.time()
         p.timer = loop.call_at(p.deadline, self._expire, p)
@@ -585,8 +586,13 @@ class AsyncClient:
         return fallback
 
     def _send_or_wait(self, p: _Pending | None, frame: bytes, deadline: float) -> None:
-        if self._waiting or not self._try_send(p, frame):
-            self._waiting.append((p, frame, deadline))
+        waiting = self._waiting
+        if waiting or not self._try_send(p, frame):
+            now = self._loop.time()
+            while waiting and waiting[0][0] is None and waiting[0][2] <= now:
+                waiting.popleft()  # expired notifies: never let a dead server pile them up
+                self.counters["notifies_dropped"] += 1
+            waiting.append((p, frame, deadline))
 
     def _try_send(self, p: _Pending | None, frame: bytes) -> bool:
         ch = self._pick()
@@ -620,13 +626,11 @@ class AsyncClient:
                 return
             waiting.popleft()
 
-    def _drop_waiting(self, p: _Pending) -> None:
+    def _unqueue(self, p: _Pending) -> None:
+        """Take a call that will not be sent out of the waiting line (bounded by max_in_flight)."""
         for i, (q, _f, _d) in enumerate(self._waiting):
             if q is p:
                 del self._waiting[i]
-                if p.timer is not None:
-                    p.timer.cancel()
-                self._slots.release()
                 return
 
     def _expire(self, p: _Pending) -> None:
@@ -634,16 +638,16 @@ class AsyncClient:
             return
         self.counters["timeouts"] += 1
         sent = p.channel is not None
-        self._abandon(p, send_cancel=sent)
+        self._abandon(p, _TIMEOUT, send_cancel=sent)
+        if not sent:
+            self._unqueue(p)
         where = [p.channel.endpoint] if p.channel is not None else self.endpoints
         detail = "" if sent else "never sent: no server connected"
         _fail(p.fut, CallTimeout(p.method, where, 1, self._loop.time() - p.started, detail))
 
-    def _abandon(self, p: _Pending, *, send_cancel: bool) -> None:
+    def _abandon(self, p: _Pending, outcome: int, *, send_cancel: bool) -> None:
         """Forget a call that will not be answered here (timed out or cancelled); tell the server."""
-        if p.timer is not None:
-            p.timer.cancel()
-        self._slots.release()
+        self._finish(p, outcome)
         ch = p.channel
         if send_cancel and ch is not None and ch.connected:
             try:
@@ -668,7 +672,7 @@ class AsyncClient:
             rid = getattr(exc, "id", None)
             p = self._pending.pop(rid, None) if rid else None
             if p is not None:
-                self._finish(p)
+                self._finish(p, _ERROR)
                 _fail(p.fut, exc)
             return
         kind = type(msg).__name__
@@ -677,13 +681,14 @@ class AsyncClient:
             if p is None:
                 self.counters["stale_replies"] += 1
                 return
-            self._finish(p)
             if kind == "Reply":
+                self._finish(p, _OK)
                 self.counters["replies"] += 1
                 _succeed(p.fut, msg.result)  # type: ignore[union-attr]
             else:
-                self.counters["errors"] += 1
                 err = msg.error  # type: ignore[union-attr]
+                self._finish(p, outcome_for_status(err.code))
+                self.counters["errors"] += 1
                 if err.code == StatusCode.DEADLINE_EXCEEDED:
                     exc2: BaseException = CallTimeout(
                         p.method,
@@ -700,10 +705,13 @@ class AsyncClient:
         elif kind == "Pong":
             ch.ping_out = False
 
-    def _finish(self, p: _Pending) -> None:
+    def _finish(self, p: _Pending, outcome: int) -> None:
+        """The call is over for this client: stop its timer, free its slot, record its outcome."""
         if p.timer is not None:
             p.timer.cancel()
         self._slots.release()
+        if p.token is not None:
+            self.metrics.finished(p.token, outcome)
 
     def _on_event(self, ch: _Channel, ev: Event) -> None:
         self.counters["events"] += 1
@@ -782,7 +790,7 @@ class AsyncClient:
                 self._send_or_wait(p, p.frame, p.deadline)
                 continue
             del self._pending[p.id]
-            self._finish(p)
+            self._finish(p, _ERROR)
             self.counters["connection_lost"] += 1
             _fail(p.fut, ConnectionLost(p.method, ch.endpoint))
 
