@@ -1,0 +1,403 @@
+"""Helpers for socket-level integration tests of zcall services: endpoints, server processes, servers.
+
+Everything here uses real sockets and real processes, and waits on signals (a ``READY`` line, a bound
+event), never on sleeps. Also runnable: ``python -m zcall.testing serve MODULE:ATTR --bind ENDPOINT``
+serves a ``Service`` with ``SyncServer``, prints ``READY <endpoint>`` and runs until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import importlib
+import itertools
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import IO, Any
+
+from .codec import Codec
+from .service import Service
+from .sync_server import SyncServer
+
+__all__ = [
+    "ProcessHandle",
+    "SpawnError",
+    "free_tcp_endpoint",
+    "ipc_endpoint",
+    "main",
+    "running_server",
+    "serve_command",
+    "spawn",
+    "spawn_server",
+]
+
+_IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS: keep a margin
+_ipc_counter = itertools.count()
+_short_dir: str | None = None
+_short_dir_lock = threading.Lock()
+
+
+# -- endpoints -------------------------------------------------------------------------------------
+
+
+def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
+    """A ``tcp://host:PORT`` endpoint on a port the OS just reported free (bind to 0, read, close).
+
+    Prefer binding servers to ``tcp://127.0.0.1:*``; use this only when the port must be known first.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    return f"tcp://{host}:{port}"
+
+
+def _short_tmp_dir() -> str:
+    global _short_dir
+    with _short_dir_lock:
+        if _short_dir is None:
+            _short_dir = tempfile.mkdtemp(prefix="zc-", dir="/tmp" if os.path.isdir("/tmp") else None)
+            atexit.register(shutil.rmtree, _short_dir, True)
+        return _short_dir
+
+
+def ipc_endpoint(directory: str | os.PathLike[str] | None = None) -> str:
+    """A unique, unused ``ipc://`` endpoint in ``directory`` (or a short temp dir if the path would be
+    too long for a unix socket, ~100 bytes)."""
+    name = f"zc-{os.getpid()}-{next(_ipc_counter)}-{os.urandom(3).hex()}.sock"
+    if directory is not None:
+        path = os.path.join(os.fspath(directory), name)
+        if len(path.encode()) < _IPC_PATH_MAX:
+            return f"ipc://{path}"
+    return f"ipc://{os.path.join(_short_tmp_dir(), name)}"
+
+
+# -- processes -------------------------------------------------------------------------------------
+
+
+class SpawnError(RuntimeError):
+    """A spawned process died or stayed silent before printing its ready line; carries its stderr."""
+
+    def __init__(self, message: str, returncode: int | None, stderr: str) -> None:
+        self.returncode = returncode
+        self.stderr = stderr
+        super().__init__(f"{message}\n--- stderr ---\n{stderr.rstrip() or '<empty>'}")
+
+
+_EOF = object()
+
+
+class ProcessHandle:
+    """A child process started by ``spawn``: its pid, the endpoint from its ready line, and ways to end it.
+
+    Its stdout and stderr are drained by threads (so the child never blocks on a full pipe); ``expect``
+    waits for a later stdout line. Leaving the ``with`` block stops the process and reaps it by pid.
+    """
+
+    def __init__(self, proc: subprocess.Popen[str], args: Sequence[str]) -> None:
+        self.proc = proc
+        self.args = list(args)
+        self.pid: int = proc.pid
+        self.endpoint: str = ""
+        self.ready_line: str = ""
+        self._lines: queue.Queue[Any] = queue.Queue()
+        self._stdout_seen: list[str] = []
+        self._stderr: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._pump_stdout, args=(proc.stdout,), daemon=True),
+            threading.Thread(target=self._pump_stderr, args=(proc.stderr,), daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+
+    def _pump_stdout(self, stream: IO[str]) -> None:
+        try:
+            for line in stream:
+                self._lines.put(line.rstrip("\n"))
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._lines.put(_EOF)
+
+    def _pump_stderr(self, stream: IO[str]) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            for line in stream:
+                self._stderr.append(line)
+
+    # -- output --------------------------------------------------------------------------------------
+
+    @property
+    def stderr(self) -> str:
+        """Everything the child wrote to stderr so far (all of it once the process is reaped)."""
+        return "".join(self._stderr)
+
+    @property
+    def stdout_lines(self) -> list[str]:
+        """The stdout lines consumed so far by ``expect`` (and the ready line)."""
+        return list(self._stdout_seen)
+
+    def expect(self, prefix: str, timeout: float = 10.0) -> str:
+        """Wait for the next stdout line starting with ``prefix`` (skipping others); return it.
+
+        Raises ``SpawnError`` (with stderr) if the process exits or ``timeout`` passes first.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._failure(f"no line starting with {prefix!r} within {timeout}s")
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is _EOF:
+                self._lines.put(_EOF)  # keep EOF visible to later calls
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=5)
+                raise self._failure(f"process exited (code {self.proc.returncode}) before a {prefix!r} line")
+            self._stdout_seen.append(line)
+            if line.startswith(prefix):
+                return line
+
+    def _failure(self, what: str) -> SpawnError:
+        if self.proc.poll() is not None:
+            self._join_readers(1.0)  # the whole of stderr, now that the writer is gone
+        return SpawnError(f"{' '.join(self.args)} (pid {self.pid}): {what}", self.proc.poll(), self.stderr)
+
+    # -- lifetime --------------------------------------------------------------------------------------
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the process has ended (negative: killed by that signal), else None."""
+        return self.proc.poll()
+
+    def alive(self) -> bool:
+        """True while the process has not exited."""
+        return self.proc.poll() is None
+
+    def terminate(self) -> None:
+        """Send SIGTERM (no-op if it already exited)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+
+    def kill(self) -> None:
+        """Send SIGKILL (no-op if it already exited)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the process (no-op if it already exited)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the process to exit and return its code (raises ``subprocess.TimeoutExpired``)."""
+        code = self.proc.wait(timeout)
+        self._join_readers(2.0)
+        return code
+
+    def stop(self, timeout: float = 5.0) -> int:
+        """SIGTERM, wait up to ``timeout``, then SIGKILL; reap the process and return its exit code."""
+        try:
+            self.terminate()
+            try:
+                return self.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                return self.wait(timeout)
+        finally:
+            self._close_pipes()
+
+    def _join_readers(self, timeout: float) -> None:
+        for t in self._readers:
+            t.join(timeout)
+
+    def _close_pipes(self) -> None:
+        self._join_readers(2.0)
+        for stream in (self.proc.stdout, self.proc.stderr, self.proc.stdin):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+    def __enter__(self) -> ProcessHandle:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.alive() else f"exited {self.returncode}"
+        return f"<ProcessHandle pid={self.pid} {state} endpoint={self.endpoint!r}>"
+
+
+def _child_env(env: Mapping[str, str] | None, pythonpath: Sequence[str | os.PathLike[str]]) -> dict[str, str]:
+    out = dict(os.environ if env is None else env)
+    out["PYTHONUNBUFFERED"] = "1"  # lines reach us as printed, not at exit
+    if pythonpath:
+        parts = [os.fspath(p) for p in pythonpath]
+        if out.get("PYTHONPATH"):
+            parts.append(out["PYTHONPATH"])
+        out["PYTHONPATH"] = os.pathsep.join(parts)
+    return out
+
+
+def spawn(
+    args: Sequence[str],
+    *,
+    ready_prefix: str | None = "READY",
+    timeout: float = 10.0,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    pythonpath: Sequence[str | os.PathLike[str]] = (),
+) -> ProcessHandle:
+    """Run ``sys.executable *args``; wait for a stdout line starting with ``ready_prefix`` and take the
+    rest of it as ``.endpoint``. Raises ``SpawnError`` (with the child's stderr) if it dies or times out.
+
+    ``ready_prefix=None`` returns at once (for programs that print no ready line).
+    """
+    argv = [sys.executable, *args]
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+        cwd=cwd,
+        env=_child_env(env, pythonpath),
+    )
+    handle = ProcessHandle(proc, argv)
+    if ready_prefix is None:
+        return handle
+    try:
+        line = handle.expect(ready_prefix, timeout)
+    except BaseException:
+        handle.stop(timeout=2.0)
+        raise
+    handle.ready_line = line
+    handle.endpoint = line[len(ready_prefix) :].strip()
+    return handle
+
+
+def serve_command(target: str, endpoint: str = "tcp://127.0.0.1:*", *, forever: bool = False) -> list[str]:
+    """The arguments (after the interpreter) that run ``target`` ("module:attr") as a sync server."""
+    cmd = ["-m", "zcall.testing", "serve", target, "--bind", endpoint]
+    if forever:
+        cmd.append("--forever")
+    return cmd
+
+
+def spawn_server(
+    target: str,
+    endpoint: str = "tcp://127.0.0.1:*",
+    *,
+    kind: str = "sync",
+    forever: bool = False,
+    timeout: float = 10.0,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    pythonpath: Sequence[str | os.PathLike[str]] = (),
+) -> ProcessHandle:
+    """Serve the ``Service`` at ``target`` ("module:attr") in a child process; returns once it is bound.
+
+    ``pythonpath`` lists directories the child needs to import ``module``. Only ``kind="sync"`` exists.
+    """
+    if kind != "sync":
+        raise ValueError(f"only kind='sync' servers can be spawned for now, got {kind!r}")
+    return spawn(
+        serve_command(target, endpoint, forever=forever),
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+        pythonpath=pythonpath,
+    )
+
+
+# -- in-process servers ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running_server(
+    service: Service, endpoint: str | None = None, **server_kwargs: Any
+) -> Iterator[SyncServer]:
+    """A ``SyncServer`` serving ``service`` on a thread for the ``with`` block (bound on entry, stopped
+    on exit); ``endpoint`` defaults to a free loopback tcp port."""
+    server = SyncServer(service, endpoint or "tcp://127.0.0.1:*", **server_kwargs)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- the runner ------------------------------------------------------------------------------------
+
+
+def load_service(target: str) -> Service:
+    """Import ``module:attr`` and return the ``Service`` there (calling ``attr`` if it is a factory)."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"expected MODULE:ATTR, got {target!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, Service) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, Service):
+        raise TypeError(f"{target} is a {type(obj).__name__}, not a zcall.Service")
+    return obj
+
+
+def _serve(target: str, endpoint: str, forever: bool, max_message_size: int | None) -> int:
+    # Ctrl-C must work even if we were started with SIGINT ignored (a background job of a shell).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    service = load_service(target)
+    kwargs: dict[str, Any] = {}
+    if max_message_size is not None:
+        kwargs["codec"] = Codec(max_message_size=max_message_size)
+    server = SyncServer(service, endpoint, **kwargs)
+    if not forever:
+        server.start()
+        print(f"READY {server.endpoint}", flush=True)
+        server.wait()  # until SIGTERM / SIGINT
+        return 0
+
+    def announce() -> None:
+        # serve_forever() binds in this (main) thread and has no callback: wait for its bound event.
+        server._bound.wait()
+        if server._bind_error is None:
+            print(f"READY {server.endpoint}", flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
+    server.serve_forever()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m zcall.testing serve MODULE:ATTR [--bind EP] [--forever]``: serve until a signal."""
+    parser = argparse.ArgumentParser(prog="python -m zcall.testing", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="serve a Service with SyncServer and print 'READY <endpoint>'")
+    p.add_argument("target", metavar="MODULE:ATTR", help="where the zcall.Service lives")
+    p.add_argument("--bind", default="tcp://127.0.0.1:*", metavar="ENDPOINT")
+    p.add_argument("--sync", action="store_true", help="a REP server (the default and only kind for now)")
+    p.add_argument("--forever", action="store_true", help="use serve_forever() instead of start()+wait()")
+    p.add_argument("--max-message-size", type=int, default=None, metavar="BYTES")
+    ns = parser.parse_args(argv)
+    return _serve(ns.target, ns.bind, ns.forever, ns.max_message_size)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
