@@ -30,7 +30,7 @@ from zcall.protocol import (
 from zcall.status import StatusCode
 
 MESSAGE_TYPES = (Call, Notify, Reply, ErrorReply, Event, Ping, Pong, Cancel)
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # -- strategies --------------------------------------------------------------------------------------
 
