@@ -24,12 +24,14 @@ import zmq
 from .codec import Codec, default_codec
 from .errors import CallTimeout, ClientClosed, RemoteError
 from .ids import IdSource
+from .metrics import Metrics, Outcome, outcome_for_exception
 from .protocol import ErrorReply, Reply, call_frame, decode
 from .sockets import close_quietly, normalize_endpoints
 
 __all__ = ["CallOptions", "SyncClient"]
 
 DEFAULT_TIMEOUT = 5.0
+_OK = int(Outcome.OK)
 
 
 class SyncClient:
@@ -61,6 +63,8 @@ class SyncClient:
         self._order = list(self.endpoints)  # healthiest first
         self._closed = False
         self.counters = {"calls": 0, "attempts": 0, "timeouts": 0, "stale_replies": 0, "sockets_opened": 0}
+        self.metrics = Metrics()
+        """Per remote method: calls, outcomes, latency, throughput, availability (``statistics()``)."""
 
     # -- public API --------------------------------------------------------------------------------
 
@@ -98,6 +102,10 @@ class SyncClient:
         for socks in idle.values():
             for s in socks:
                 close_quietly(s)
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters (calls, attempts, timeouts, stale replies, sockets opened) and per-method metrics."""
+        return {**self.counters, "methods": self.metrics.snapshot()["methods"]}
 
     @property
     def closed(self) -> bool:
@@ -150,6 +158,24 @@ class SyncClient:
     ) -> Any:
         if self._closed:
             raise ClientClosed("SyncClient is closed")
+        token = self.metrics.started(method)
+        try:
+            result = self._attempts(method, args, kwargs, timeout, retries, headers)
+        except BaseException as exc:
+            self.metrics.finished(token, outcome_for_exception(exc))
+            raise
+        self.metrics.finished(token, _OK)
+        return result
+
+    def _attempts(
+        self,
+        method: str,
+        args: Any,
+        kwargs: dict[str, Any],
+        timeout: float,
+        retries: int,
+        headers: dict[str, Any] | None,
+    ) -> Any:
         rid = self._ids.next()
         order = list(self._order)
         attempts = max(retries + 1, len(order))
