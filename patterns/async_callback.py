@@ -112,8 +112,9 @@ def call(endpoint: str, timeout: float = 5.0) -> int:
             print(f"no callback within {timeout:.1f}s", flush=True)
             return 1
     elapsed_ms = (request.outcome["at"] - sent_at) * 1000
+    which = "callback" if "result" in request.outcome else "errback"
     print(
-        f"caller: callback arrived after {elapsed_ms:.0f} ms; meanwhile the main thread did {step} "
+        f"caller: {which} arrived after {elapsed_ms:.0f} ms; meanwhile the main thread did {step} "
         f"slice(s) of other work (checksum {checksum}) and never blocked on the call",
         flush=True,
     )
