@@ -27,7 +27,7 @@ from .dispatch import Dispatcher
 from .engine import Reader, engine, run_on
 from .liveness import DEFAULT_HEARTBEAT, Heartbeat
 from .metrics import CallToken, Outcome
-from .protocol import PROTOCOL_VERSION, Call, Cancel, ErrorRecord, Event, Kind, Notify, Ping, encode
+from .protocol import PROTOCOL_VERSION, Call, Cancel, ErrorRecord, Kind, Notify, Ping
 from .replycache import IN_PROGRESS
 from .service import Method, Rejected, Service
 from .sockets import DEFAULT_BIND, bind, close_quietly
@@ -42,6 +42,7 @@ SUBSCRIBE_METHOD = "zcall.subscribe"
 
 DEFAULT_MAX_IN_FLIGHT = 1000
 _CANCELLED = int(Outcome.CANCELLED)
+_EVENT_HEAD = bytes([0x95, PROTOCOL_VERSION, Kind.EVENT])  # msgpack fixarray(5), version, kind
 
 _NOBLOCK = zmq.NOBLOCK
 _SNDMORE = zmq.SNDMORE
@@ -93,8 +94,8 @@ class AsyncServer:
         self._closing = False
         self._closed: asyncio.Event | None = None
         self._uses_engine = False
-        self._subscribers: dict[bytes, tuple[list[bytes], list[str]]] = {}
-        self._event_seq = 0
+        # routing id -> [envelope, topic patterns, last event sequence number sent to it]
+        self._subscribers: dict[bytes, list[Any]] = {}
         self._send_errno = 0  # errno of the last failed _send (EAGAIN: slow peer, EHOSTUNREACH: gone)
         self.counters = {"undeliverable": 0, "overloaded": 0, "cancelled": 0, "events_sent": 0}
 
@@ -240,12 +241,15 @@ class AsyncServer:
     def _publish(self, topic: str, payload: Any) -> int:
         if self._sock is None or self._closing:
             return 0
-        self._event_seq += 1
-        frame = encode(Event(self._event_seq, topic, payload), self._codec)
+        # Each subscriber numbers its own events (so a gap means a lost event it wanted); the topic and
+        # payload are encoded once and each frame is the array header + its sequence number + that tail.
+        tail = self._codec.packb(topic) + self._codec.packb(payload)
         sent = 0
-        for ident, (envelope, patterns) in list(self._subscribers.items()):
+        for ident, sub in list(self._subscribers.items()):
+            envelope, patterns, seq = sub
             if any(topic_matches(p, topic) for p in patterns):
-                if self._send(envelope, frame):
+                sub[2] = seq = seq + 1
+                if self._send(envelope, _EVENT_HEAD + self._codec.packb(seq) + tail):
                     sent += 1
                 elif self._send_errno == zmq.EHOSTUNREACH:
                     self._subscribers.pop(ident, None)  # gone: forget it (bounded state)
@@ -348,12 +352,14 @@ class AsyncServer:
         if refusal is not None:
             self._send(envelope, d.rejected_frame(msg.id, refusal, method=method.name))
             return
-        cached = msg.retry and not method.idempotent
-        if cached:  # at most once: a resend is answered from the reply cache, never run again
+        # at most once: a resend is answered from the reply cache, never run again. The key holds the
+        # method too, so a guessed id alone cannot fetch another caller's reply.
+        cached = (msg.id, msg.method) if msg.retry and not method.idempotent else None
+        if cached is not None:
             replies = d.replies
-            seen = replies.begin(msg.id)
+            seen = replies.begin(cached)
             if seen is IN_PROGRESS:
-                replies.wait(msg.id, envelope)
+                replies.wait(cached, envelope)
                 return
             if seen is not None:
                 self._send(envelope, seen)
@@ -377,18 +383,23 @@ class AsyncServer:
                     self._workers, thread_name_prefix=f"zcall-{self.service.name}"
                 )
             deadline = None if msg.deadline_ms is None else time.monotonic() + msg.deadline_ms / 1000
-            fut = self._loop.run_in_executor(  # type: ignore[union-attr]
-                self._pool, _run_blocking, method.fn, msg.args, msg.kwargs, deadline
-            )
+            try:
+                fut = self._loop.run_in_executor(  # type: ignore[union-attr]
+                    self._pool, _run_blocking, method.fn, msg.args, msg.kwargs, deadline
+                )
+            except RuntimeError:  # the pool is shut down (interpreter exit): refuse, do not crash
+                record = ErrorRecord(StatusCode.UNAVAILABLE, "zcall.ServerBusy", "server is shutting down")
+                self._reply(envelope, msg.id, cached, d.rejected_frame(msg.id, record, token=token))
+                return
         key = (envelope[0], msg.id)
         self._in_flight[key] = fut
         fut.add_done_callback(lambda f: self._finish(key, envelope, msg.id, method, cached, token, f))
 
-    def _reply(self, envelope: list[bytes], rid: int, cached: bool, frame: bytes) -> None:
+    def _reply(self, envelope: list[bytes], rid: int, cached: tuple[int, str] | None, frame: bytes) -> None:
         """Send a call's reply, and (for a cached call) keep it and answer resends that joined meanwhile."""
         self._send(envelope, frame)
-        if cached:
-            for other in self._dispatch.replies.complete(rid, frame):
+        if cached is not None:
+            for other in self._dispatch.replies.complete(cached, frame):
                 self._send(other, frame)
 
     def _finish(
@@ -397,20 +408,20 @@ class AsyncServer:
         envelope: list[bytes],
         rid: int,
         method: Method,
-        cached: bool,
+        cached: tuple[int, str] | None,
         token: CallToken,
         fut: asyncio.Future[Any],
     ) -> None:
         d = self._dispatch
         if self._in_flight.pop(key, None) is None:
             d.metrics.finished(token, _CANCELLED)
-            if cached:
-                d.replies.forget(rid)  # cancelled: a resend may run it afresh
+            if cached is not None:
+                d.replies.forget(cached)  # cancelled: a resend may run it afresh
             return  # cancelled by the caller or answered by shutdown: nothing to send
         if fut.cancelled():
-            if cached:
-                d.replies.forget(rid)
-                cached = False
+            if cached is not None:
+                d.replies.forget(cached)
+                cached = None
             record = ErrorRecord(StatusCode.CANCELLED, "zcall.Cancelled", "call cancelled")
             frame = d.rejected_frame(rid, record, token=token)
         else:
@@ -437,9 +448,11 @@ class AsyncServer:
 
     def _notify(self, envelope: list[bytes], msg: Notify) -> None:
         if msg.method == SUBSCRIBE_METHOD:
-            patterns = [p for p in (msg.args[0] if msg.args else []) if isinstance(p, str)]
+            wanted = msg.args[0] if msg.args else []
+            patterns = [p for p in wanted if isinstance(p, str)] if type(wanted) is list else []
             if patterns:
-                self._subscribers[envelope[0]] = (envelope, patterns)
+                old = self._subscribers.get(envelope[0])
+                self._subscribers[envelope[0]] = [envelope, patterns, old[2] if old else 0]
             else:
                 self._subscribers.pop(envelope[0], None)
             return

@@ -19,7 +19,7 @@ class IdSource:
     __slots__ = ("_base", "_count")
 
     def __init__(self) -> None:
-        self._base = secrets.randbits(32) << 32
+        self._base = (secrets.randbits(32) or 1) << 32  # never 0: id 0 means "unreadable id" on the wire
         self._count = itertools.count(1)
 
     def next(self) -> int:

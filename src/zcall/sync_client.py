@@ -27,6 +27,7 @@ from .ids import IdSource
 from .metrics import Metrics, Outcome, outcome_for_exception
 from .protocol import ErrorReply, Reply, call_frame, decode
 from .sockets import close_quietly, normalize_endpoints
+from .status import StatusCode
 
 __all__ = ["CallOptions", "SyncClient"]
 
@@ -180,7 +181,8 @@ class SyncClient:
         order = list(self._order)
         attempts = max(retries + 1, len(order))
         # retry=True asks the server to keep the reply, so a resend is answered without running twice
-        frame = call_frame(rid, method, args, kwargs, int(timeout * 1000), headers, self._codec, attempts > 1)
+        deadline_ms = max(1, int(timeout * 1000))  # 0 would mean "already expired"
+        frame = call_frame(rid, method, args, kwargs, deadline_ms, headers, self._codec, attempts > 1)
         timeout_ms = max(1, int(timeout * 1000))
         counters = self.counters
         counters["calls"] += 1
@@ -203,7 +205,9 @@ class SyncClient:
                     data = None
                 if data is not None:
                     msg = decode(data, self._codec)
-                    if msg.id == rid:
+                    # id 0: the server could not read our id (e.g. request over its size limit); a REQ
+                    # socket only ever receives the answer to its own request, so it is ours.
+                    if msg.id == rid or (msg.id == 0 and type(msg) is ErrorReply):
                         ok = True
                     else:
                         # A REQ socket only sees the reply to its own request, so another id means a
@@ -218,6 +222,9 @@ class SyncClient:
                 if type(msg) is Reply:
                     return msg.result
                 if type(msg) is ErrorReply:
+                    if msg.error.code == StatusCode.DEADLINE_EXCEEDED:  # as the async client: a timeout
+                        detail = "server dropped it: deadline passed"
+                        raise CallTimeout(method, tried, attempt + 1, time.monotonic() - start, detail)
                     raise msg.error.to_exception(method)
                 raise RemoteError(f"unexpected {type(msg).__name__} in reply to a call", method=method)
             counters["timeouts"] += 1

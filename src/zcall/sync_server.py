@@ -238,9 +238,11 @@ class SyncServer:
             if msg.deadline_ms == 0:  # type: ignore[union-attr]
                 expired = Rejected(StatusCode.DEADLINE_EXCEEDED, "deadline passed before the call started")
                 return d.rejected_frame(msg.id, expired.record, method=method.name)
-            cached = msg.retry and not method.idempotent  # type: ignore[union-attr]
-            if cached:  # at most once: a resend is answered from the reply cache, never run again
-                seen = d.replies.begin(msg.id)
+            # at most once: a resend is answered from the reply cache, never run again (keyed with the
+            # method too, so a guessed id alone cannot fetch another caller's reply)
+            cached = (msg.id, msg.method) if msg.retry and not method.idempotent else None  # type: ignore[union-attr]
+            if cached is not None:
+                seen = d.replies.begin(cached)
                 if seen is not None and seen is not IN_PROGRESS:
                     return seen  # type: ignore[no-any-return]
             token = d.metrics.started(method.name)
@@ -252,8 +254,8 @@ class SyncServer:
                 frame = d.exception_frame(msg.id, method.name, exc, token)
             else:
                 frame = d.reply_frame(msg.id, result, token)
-            if cached:
-                d.replies.complete(msg.id, frame)
+            if cached is not None:
+                d.replies.complete(cached, frame)
             return frame
         if t is Ping:
             return d.codec.packb([PROTOCOL_VERSION, Kind.PONG, msg.id])
