@@ -238,8 +238,12 @@ class Peer:
         with self._lock:
             self._subscriptions.append((topic, handler, peer))
             names = [peer] if peer is not None else list(self._directory)
-        for n in names:
-            self.client(n).on(topic, handler)
+            existing = [self._async_clients[n] for n in names if n in self._async_clients]
+            missing = [n for n in names if n not in self._async_clients]
+        for c in existing:
+            c.on(topic, handler)
+        for n in missing:
+            self.client(n)  # a new client takes every recorded subscription, this one included
 
     # -- introspection -----------------------------------------------------------------------------
 
