@@ -45,7 +45,7 @@ from .ids import IdSource
 from .liveness import DEFAULT_HEARTBEAT, Heartbeat, State
 from .metrics import CallToken, Metrics, Outcome, outcome_for_status
 from .protocol import Event, Kind, Notify, call_frame, decode, encode
-from .sockets import close_quietly, normalize_endpoints
+from .sockets import apply_size_limit, close_quietly, normalize_endpoints
 from .status import StatusCode
 
 __all__ = ["AsyncCallOptions", "AsyncClient"]
@@ -121,6 +121,7 @@ class _Channel:
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)
+        apply_size_limit(sock, client._codec.max_message_size)
         if client._heartbeat is not None:
             client._heartbeat.apply(sock)
         self.monitor = sock.get_monitor_socket(_MONITORED)

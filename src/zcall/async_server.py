@@ -30,7 +30,7 @@ from .metrics import CallToken, Outcome
 from .protocol import PROTOCOL_VERSION, Call, Cancel, ErrorRecord, Kind, Notify, Ping
 from .replycache import IN_PROGRESS
 from .service import Method, Rejected, Service
-from .sockets import DEFAULT_BIND, bind, close_quietly
+from .sockets import DEFAULT_BIND, apply_size_limit, bind, close_quietly
 from .status import StatusCode
 
 __all__ = ["AsyncServer", "SUBSCRIBE_METHOD"]
@@ -158,8 +158,10 @@ class AsyncServer:
     ) -> None:
         self.stop()
 
-    def serve_forever(self, grace: float = 5.0) -> None:
-        """Serve in this thread (its own asyncio loop) until Ctrl-C or SIGTERM, then stop with ``grace``."""
+    def serve_forever(self, grace: float = 5.0, on_ready: Callable[[str], Any] | None = None) -> None:
+        """Serve in this thread (its own asyncio loop) until Ctrl-C or SIGTERM, then stop with ``grace``.
+
+        ``on_ready(endpoint)`` runs once bound (e.g. to print the real port of a ``*`` bind)."""
 
         async def main() -> None:
             loop = asyncio.get_running_loop()
@@ -167,17 +169,19 @@ class AsyncServer:
             if threading.current_thread() is threading.main_thread():
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
-            await self.serve(grace)
+            await self.serve(grace, on_ready)
 
-        with contextlib.suppress(KeyboardInterrupt):
+        with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
             asyncio.run(main())
 
     # -- lifecycle: asyncio ------------------------------------------------------------------------
 
-    async def serve(self, grace: float = 5.0) -> None:
+    async def serve(self, grace: float = 5.0, on_ready: Callable[[str], Any] | None = None) -> None:
         """Serve on the running loop until ``aclose()`` (or until cancelled, which closes with ``grace``)."""
         if self._loop is None:
             self._open(asyncio.get_running_loop())
+        if on_ready is not None:
+            on_ready(self.endpoint)
         assert self._closed is not None
         try:
             await self._closed.wait()
@@ -266,6 +270,7 @@ class AsyncServer:
         try:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.setsockopt(zmq.LINGER, 0)
+            apply_size_limit(sock, self._codec.max_message_size)
             if self._heartbeat is not None:
                 self._heartbeat.apply(sock)  # dead clients are dropped, so replies to them fail fast
             self._endpoint = bind(sock, self._requested)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import zmq
 
-__all__ = ["DEFAULT_BIND", "bind", "close_quietly", "normalize_endpoints"]
+__all__ = ["DEFAULT_BIND", "apply_size_limit", "bind", "close_quietly", "normalize_endpoints"]
 
 DEFAULT_BIND = "tcp://127.0.0.1:*"
 """Where servers bind unless told otherwise: loopback only, on a port the OS picks."""
@@ -23,6 +23,15 @@ def bind(sock: zmq.Socket, endpoint: str) -> str:
     bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
     # LAST_ENDPOINT reports tcp://0.0.0.0:port for wildcard binds; keep what the user asked for then.
     return bound or endpoint
+
+
+def apply_size_limit(sock: zmq.Socket, max_message_size: int) -> None:
+    """The hard wall behind the codec's limit: libzmq drops a connection that sends a frame over twice it.
+
+    Frames up to ``max_message_size`` are decoded; larger ones up to twice that are read and answered
+    with MESSAGE_TOO_LARGE (the sender learns why); beyond, libzmq never buffers them at all.
+    """
+    sock.setsockopt(zmq.MAXMSGSIZE, 2 * max_message_size)
 
 
 def close_quietly(sock: zmq.Socket | None, linger_ms: int = DEFAULT_LINGER_MS) -> None:

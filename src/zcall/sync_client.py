@@ -26,7 +26,7 @@ from .errors import CallTimeout, ClientClosed, RemoteError
 from .ids import IdSource
 from .metrics import Metrics, Outcome, outcome_for_exception
 from .protocol import ErrorReply, Reply, call_frame, decode
-from .sockets import close_quietly, normalize_endpoints
+from .sockets import apply_size_limit, close_quietly, normalize_endpoints
 from .status import StatusCode
 
 __all__ = ["CallOptions", "SyncClient"]
@@ -132,6 +132,7 @@ class SyncClient:
             self.counters["sockets_opened"] += 1
         s = self._ctx.socket(zmq.REQ)
         s.setsockopt(zmq.LINGER, 0)
+        apply_size_limit(s, self._codec.max_message_size)
         s.connect(ep)
         return s
 

@@ -21,7 +21,7 @@ from .dispatch import ACK, Dispatcher
 from .protocol import PROTOCOL_VERSION, Call, Cancel, Kind, Notify, Ping
 from .replycache import IN_PROGRESS
 from .service import Rejected, Service
-from .sockets import DEFAULT_BIND, bind, close_quietly
+from .sockets import DEFAULT_BIND, apply_size_limit, bind, close_quietly
 from .status import StatusCode
 
 __all__ = ["SyncServer"]
@@ -182,6 +182,7 @@ class SyncServer:
         try:
             try:
                 rep.setsockopt(zmq.LINGER, 1000)
+                apply_size_limit(rep, self._dispatch.codec.max_message_size)
                 self._endpoint = bind(rep, self._requested)
                 ctl.bind(self._stop_addr)
             except BaseException as exc:
