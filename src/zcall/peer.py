@@ -170,17 +170,26 @@ class Peer:
             if c is not None:
                 return c
             eps = self._endpoints(name)
-            kwargs = {"timeout": self.timeout, "context": self._ctx, "codec": self._codec}
-            if self._server is not None and self._server._loop is not None:
-                # live on the server's loop, so coroutine handlers can await calls to other peers
-                c = run_on(self._server._loop, lambda: AsyncClient(eps, **kwargs))
-            else:
-                c = AsyncClient(eps, **kwargs)
-            for topic, handler, only in self._subscriptions:
-                if only is None or only == name:
-                    c.on(topic, handler)
-            self._async_clients[name] = c
-            return c
+        # Made without holding the lock: run_on waits for the loop, and a coroutine handler on that loop
+        # may be waiting for the lock in client() itself (the loop would freeze until run_on timed out).
+        kwargs = {"timeout": self.timeout, "context": self._ctx, "codec": self._codec}
+        if self._server is not None and self._server._loop is not None:
+            # live on the server's loop, so coroutine handlers can await calls to other peers
+            c = run_on(self._server._loop, lambda: AsyncClient(eps, **kwargs))
+        else:
+            c = AsyncClient(eps, **kwargs)
+        with self._lock:
+            winner = self._async_clients.get(name)
+            moved = self._directory.get(name) != eps
+            if winner is None and not moved:
+                self._async_clients[name] = c
+                subs = [(t, h) for t, h, only in self._subscriptions if only is None or only == name]
+        if winner is not None or moved:  # another thread made one, or connect() moved the peer meanwhile
+            c.close()
+            return winner if winner is not None else self.client(name)
+        for topic, handler in subs:
+            c.on(topic, handler)
+        return c
 
     def sync_client(self, name: str) -> SyncClient:
         """The blocking client (REQ pool) to peer ``name``; for per-call ``options(...)``."""
