@@ -146,8 +146,8 @@ class Peer:
             old_sync.close()
         if old_async is not None:
             old_async.close()
-        if self._server is not None and any(p in (None, name) for _, _, p in self._subscriptions):
-            self.client(name)  # reconnect subscriptions to the new address
+        if any(p in (None, name) for _, _, p in self._subscriptions):
+            self.client(name)  # subscriptions follow the peer to its (new) address, started or not
 
     @property
     def peers(self) -> dict[str, list[str]]:
