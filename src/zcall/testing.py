@@ -88,9 +88,10 @@ def ipc_endpoint(directory: str | os.PathLike[str] | None = None) -> str:
 class SpawnError(RuntimeError):
     """A spawned process died or stayed silent before printing its ready line; carries its stderr."""
 
-    def __init__(self, message: str, returncode: int | None, stderr: str) -> None:
+    def __init__(self, message: str, returncode: int | None, stderr: str, pid: int | None = None) -> None:
         self.returncode = returncode
         self.stderr = stderr
+        self.pid = pid
         super().__init__(f"{message}\n--- stderr ---\n{stderr.rstrip() or '<empty>'}")
 
 
@@ -104,8 +105,9 @@ class ProcessHandle:
     waits for a later stdout line. Leaving the ``with`` block stops the process and reaps it by pid.
     """
 
-    def __init__(self, proc: subprocess.Popen[str], args: Sequence[str]) -> None:
+    def __init__(self, proc: subprocess.Popen[str], args: Sequence[str], *, own_group: bool = False) -> None:
         self.proc = proc
+        self.own_group = own_group
         self.args = list(args)
         self.pid: int = proc.pid
         self.endpoint: str = ""
@@ -169,10 +171,33 @@ class ProcessHandle:
             if line.startswith(prefix):
                 return line
 
+    def output(self, timeout: float = 10.0) -> list[str]:
+        """Wait for the process to exit and return every stdout line it printed (ready line included).
+
+        If it is still running after ``timeout`` it is stopped and ``SpawnError`` (with stderr) raised.
+        """
+        try:
+            self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop(timeout=2.0)
+            raise self._failure(f"still running after {timeout}s") from None
+        while True:
+            try:
+                line = self._lines.get(timeout=2.0)
+            except queue.Empty:
+                break  # something it started still holds stdout open: return what we have
+            if line is _EOF:
+                self._lines.put(_EOF)
+                break
+            self._stdout_seen.append(line)
+        return list(self._stdout_seen)
+
     def _failure(self, what: str) -> SpawnError:
         if self.proc.poll() is not None:
             self._join_readers(1.0)  # the whole of stderr, now that the writer is gone
-        return SpawnError(f"{' '.join(self.args)} (pid {self.pid}): {what}", self.proc.poll(), self.stderr)
+        return SpawnError(
+            f"{' '.join(self.args)} (pid {self.pid}): {what}", self.proc.poll(), self.stderr, self.pid
+        )
 
     # -- lifetime --------------------------------------------------------------------------------------
 
@@ -186,18 +211,22 @@ class ProcessHandle:
         return self.proc.poll() is None
 
     def terminate(self) -> None:
-        """Send SIGTERM (no-op if it already exited)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
+        """Send SIGTERM (see ``send_signal``)."""
+        self.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
-        """Send SIGKILL (no-op if it already exited)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
+        """Send SIGKILL (see ``send_signal``)."""
+        self.send_signal(signal.SIGKILL)
 
     def send_signal(self, sig: int) -> None:
-        """Send ``sig`` to the process (no-op if it already exited)."""
-        if self.proc.poll() is None:
+        """Send ``sig`` to the process, or with ``own_group`` to its whole process group (as Ctrl-C in
+        a terminal does); a no-op once it has been reaped."""
+        if self.proc.poll() is not None:
+            return
+        if self.own_group:  # until we reap it, the pid (and so the group id) cannot be reused
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, sig)
+        else:
             self.proc.send_signal(sig)
 
     def wait(self, timeout: float | None = None) -> int:
@@ -216,6 +245,10 @@ class ProcessHandle:
                 self.kill()
                 return self.wait(timeout)
         finally:
+            if self.own_group:
+                # whatever it started and left behind; a group id stays reserved while members live
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.pid, signal.SIGKILL)
             self._close_pipes()
 
     def _join_readers(self, timeout: float) -> None:
@@ -261,11 +294,13 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     pythonpath: Sequence[str | os.PathLike[str]] = (),
+    own_group: bool = False,
 ) -> ProcessHandle:
     """Run ``sys.executable *args``; wait for a stdout line starting with ``ready_prefix`` and take the
     rest of it as ``.endpoint``. Raises ``SpawnError`` (with the child's stderr) if it dies or times out.
 
-    ``ready_prefix=None`` returns at once (for programs that print no ready line).
+    ``ready_prefix=None`` returns at once (for programs that print no ready line). ``own_group=True``
+    starts it in a new session so ``kill()``/``stop()`` also reach the processes it starts itself.
     """
     argv = [sys.executable, *args]
     proc = subprocess.Popen(
@@ -277,8 +312,9 @@ def spawn(
         bufsize=1,
         cwd=cwd,
         env=_child_env(env, pythonpath),
+        start_new_session=own_group,
     )
-    handle = ProcessHandle(proc, argv)
+    handle = ProcessHandle(proc, argv, own_group=own_group)
     if ready_prefix is None:
         return handle
     try:
@@ -369,9 +405,15 @@ def _serve(target: str, endpoint: str, forever: bool, max_message_size: int | No
         kwargs["codec"] = Codec(max_message_size=max_message_size)
     server = SyncServer(service, endpoint, **kwargs)
     if not forever:
+        # wait() handles SIGTERM only once it runs; a SIGTERM sent as soon as READY is read could land
+        # before that and kill us with the default action (exit -15). Until then, treat it as Ctrl-C.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         server.start()
-        print(f"READY {server.endpoint}", flush=True)
-        server.wait()  # until SIGTERM / SIGINT
+        try:
+            print(f"READY {server.endpoint}", flush=True)
+            server.wait()  # until SIGTERM / SIGINT
+        except KeyboardInterrupt:
+            server.stop()
         return 0
 
     def announce() -> None:
