@@ -23,10 +23,10 @@ def double(x: int) -> int:
 
 
 def serve(endpoint: str) -> None:
+    # READY goes out once bound, from inside serve_forever, which already handles Ctrl-C and SIGTERM
+    # (so a SIGTERM sent the moment READY is read still stops the server cleanly).
     server = zcall.SyncServer(service, endpoint)
-    server.start()
-    print(f"READY {server.endpoint}", flush=True)  # the parent waits for this line, not a sleep
-    server.wait()  # until Ctrl-C or SIGTERM
+    server.serve_forever(on_ready=lambda ep: print(f"READY {ep}", flush=True))
 
 
 def call(endpoint: str) -> None:

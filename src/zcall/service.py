@@ -76,6 +76,11 @@ class Method:
             self.signature: inspect.Signature | None = inspect.signature(fn)
         except (TypeError, ValueError):
             self.signature = None
+        else:
+            try:  # resolve postponed annotations, so zcall.methods shows (x: int), not (x: 'int')
+                self.signature = inspect.signature(fn, eval_str=True)
+            except Exception:
+                pass
         # Precomputed fast path: positional-only calls that certainly bind skip Signature.bind.
         self._min_pos = 0
         self._max_pos: int | None = 0

@@ -10,9 +10,9 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -23,6 +23,9 @@ from .replycache import IN_PROGRESS
 from .service import Rejected, Service
 from .sockets import DEFAULT_BIND, apply_size_limit, bind, close_quietly
 from .status import StatusCode
+
+if TYPE_CHECKING:
+    from .security import ServerSecurity
 
 __all__ = ["SyncServer"]
 
@@ -75,9 +78,11 @@ class SyncServer:
         context: zmq.Context | None = None,
         codec: Codec = default_codec,
         send_tracebacks: bool = True,
+        security: ServerSecurity | None = None,
     ) -> None:
         self.service = service
         self._requested = endpoint
+        self._security = security
         self._ctx = context or zmq.Context.instance()
         self._dispatch = Dispatcher(service, codec, send_tracebacks=send_tracebacks)
         self._endpoint: str | None = None
@@ -137,11 +142,13 @@ class SyncServer:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
-    def serve_forever(self) -> None:
-        """Serve in this thread until KeyboardInterrupt or SIGTERM (handled here), or ``stop()``."""
+    def serve_forever(self, on_ready: Callable[[str], Any] | None = None) -> None:
+        """Serve in this thread until KeyboardInterrupt or SIGTERM (handled here), or ``stop()``.
+
+        ``on_ready(endpoint)`` runs once bound (e.g. to print the real port of a ``*`` bind)."""
         with _signals_stop() as wakeup:
             try:
-                self._run(wakeup)
+                self._run(wakeup, on_ready)
             except (KeyboardInterrupt, _Shutdown):
                 log.info("sync server %s stopping on signal", self._endpoint)
 
@@ -176,13 +183,16 @@ class SyncServer:
             # start() re-raises the bind error in the caller's thread; raising it here as well only
             # printed a second, unhandled "Exception in thread" traceback.
 
-    def _run(self, wakeup: socket.socket | None = None) -> None:
+    def _run(self, wakeup: socket.socket | None = None, on_ready: Callable[[str], Any] | None = None) -> None:
         rep = self._ctx.socket(zmq.REP)
         ctl = self._ctx.socket(zmq.PAIR)
+        release_security = None
         try:
             try:
                 rep.setsockopt(zmq.LINGER, 1000)
                 apply_size_limit(rep, self._dispatch.codec.max_message_size)
+                if self._security is not None:
+                    release_security = self._security.apply(rep)
                 self._endpoint = bind(rep, self._requested)
                 ctl.bind(self._stop_addr)
             except BaseException as exc:
@@ -191,6 +201,8 @@ class SyncServer:
             finally:
                 self._bound.set()
             log.info("sync server %r listening on %s", self.service.name, self._endpoint)
+            if on_ready is not None:
+                on_ready(self._endpoint)
             poller = zmq.Poller()
             poller.register(rep, zmq.POLLIN)
             poller.register(ctl, zmq.POLLIN)
@@ -210,6 +222,8 @@ class SyncServer:
         finally:
             close_quietly(rep, 1000)
             close_quietly(ctl)
+            if release_security is not None:
+                release_security()  # after the close: a CURVE socket without ZAP would admit anyone
             if self._loop is not None:
                 self._loop.close()
                 self._loop = None
