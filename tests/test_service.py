@@ -322,7 +322,7 @@ def test_methods_introspection():
     by_name = {m["name"]: m for m in listing}
     assert by_name["add"] == {
         "name": "add",
-        "signature": "(a: 'int', b: 'int' = 0) -> 'int'",
+        "signature": "(a: int, b: int = 0) -> int",
         "doc": "Add b to a.",
         "coroutine": False,
         "idempotent": True,
