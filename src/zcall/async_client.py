@@ -26,7 +26,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -35,6 +35,7 @@ from .async_server import SUBSCRIBE_METHOD, topic_matches
 from .codec import Codec, default_codec
 from .engine import Reader, engine, run_on
 from .errors import (
+    AuthenticationFailed,
     Backpressure,
     CallTimeout,
     ClientClosed,
@@ -47,6 +48,9 @@ from .metrics import CallToken, Metrics, Outcome, outcome_for_status
 from .protocol import Event, Kind, Notify, call_frame, decode, encode
 from .sockets import apply_size_limit, close_quietly, normalize_endpoints
 from .status import StatusCode
+
+if TYPE_CHECKING:
+    from .security import ClientSecurity
 
 __all__ = ["AsyncCallOptions", "AsyncClient"]
 
@@ -63,7 +67,14 @@ _OK = int(Outcome.OK)
 _ERROR = int(Outcome.ERROR)
 _TIMEOUT = int(Outcome.TIMEOUT)
 _CANCELLED = int(Outcome.CANCELLED)
-_MONITORED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+_MONITORED = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+_PROTOCOL_ERRORS = {getattr(zmq, n): n for n in dir(zmq) if n.startswith("PROTOCOL_ERROR_")}
 
 
 class _Pending:
@@ -113,6 +124,8 @@ class _Channel:
         "state",
         "last_heard",
         "ping_out",
+        "refused",
+        "closed_in_handshake",
     )
 
     def __init__(self, client: AsyncClient, endpoint: str) -> None:
@@ -124,6 +137,8 @@ class _Channel:
         apply_size_limit(sock, client._codec.max_message_size)
         if client._heartbeat is not None:
             client._heartbeat.apply(sock)
+        if client._security is not None:
+            client._security.apply(sock)
         self.monitor = sock.get_monitor_socket(_MONITORED)
         sock.connect(endpoint)
         self.sock = sock
@@ -132,6 +147,8 @@ class _Channel:
         self.state = State.DEAD
         self.last_heard = 0.0
         self.ping_out = False
+        self.refused: str | None = None  # why the last handshake failed for good (no service here)
+        self.closed_in_handshake = 0  # CURVE handshakes the server cut short in a row (wrong server key?)
         self.reader = Reader(
             loop, sock, lambda frames: client._on_frames(self, frames), client._flush_waiting
         )
@@ -213,6 +230,7 @@ class AsyncClient:
         heartbeat: Heartbeat | None = DEFAULT_HEARTBEAT,
         context: zmq.Context | None = None,
         codec: Codec = default_codec,
+        security: ClientSecurity | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
@@ -224,6 +242,8 @@ class AsyncClient:
         self._ctx = context or zmq.Context.instance()
         self._codec = codec
         self._heartbeat = heartbeat
+        self._security = security
+        self._refused = False  # every endpoint refused the handshake: calls fail at once
         self._liveness_callbacks: list[Callable[[str, State], Any]] = []
         self._tick_handle: asyncio.TimerHandle | None = None
         self._ids = IdSource()
@@ -252,6 +272,7 @@ class AsyncClient:
             "events": 0,
             "events_missed": 0,
             "callback_errors": 0,
+            "handshake_failures": 0,
         }
         try:
             self._loop = asyncio.get_running_loop()
@@ -589,6 +610,9 @@ class AsyncClient:
     def _send_or_wait(self, p: _Pending | None, frame: bytes, deadline: float) -> None:
         waiting = self._waiting
         if waiting or not self._try_send(p, frame):
+            if self._refused:
+                self._refuse(p)
+                return
             now = self._loop.time()
             while waiting and waiting[0][0] is None and waiting[0][2] <= now:
                 waiting.popleft()  # expired notifies: never let a dead server pile them up
@@ -644,6 +668,9 @@ class AsyncClient:
             self._unqueue(p)
         where = [p.channel.endpoint] if p.channel is not None else self.endpoints
         detail = "" if sent else "never sent: no server connected"
+        refused = [f"{ch.endpoint}: {ch.refused}" for ch in self._channels if ch.refused]
+        if not sent and refused:
+            detail += "; handshake failed at " + "; ".join(refused)
         _fail(p.fut, CallTimeout(p.method, where, 1, self._loop.time() - p.started, detail))
 
     def _abandon(self, p: _Pending, outcome: int, *, send_cancel: bool) -> None:
@@ -732,10 +759,12 @@ class AsyncClient:
 
     def _on_monitor(self, ch: _Channel, frames: list[bytes]) -> None:
         try:
-            event = parse_monitor_message(frames)["event"]
+            parsed = parse_monitor_message(frames)
         except Exception:
             return
+        event = parsed["event"]
         if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            ch.refused, ch.closed_in_handshake, self._refused = None, 0, False
             ch.connected = True
             ch.last_seq = 0
             ch.last_heard = self._loop.time()
@@ -747,6 +776,64 @@ class AsyncClient:
             ch.connected = False
             self._set_state(ch, State.DEAD)
             self._connection_lost(ch)
+        else:
+            self._handshake_failed(ch, event, int(parsed["value"]))
+
+    def _handshake_failed(self, ch: _Channel, event: int, value: int) -> None:
+        """A connection attempt failed its security handshake: say why, and stop waiting if all are refused.
+
+        libzmq does not retry after an AUTH or PROTOCOL failure, so calls waiting for that endpoint would
+        only time out. NO_DETAIL (the server hung up mid-handshake, as it does on a wrong server key) is
+        retried by libzmq and may be a server going down, so it counts after two in a row, with CURVE on.
+        """
+        self.counters["handshake_failures"] += 1
+        curve = self._security is not None
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            reason = (
+                f"the server refused this client (ZAP status {value}): its public key is not in the "
+                "server's allow-list, or its address is not allowed"
+            )
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                reason = (
+                    "the server does not use CURVE: drop security= or secure the server"
+                    if curve
+                    else "the server requires CURVE: pass security=ClientSecurity(secret, server key)"
+                )
+            else:
+                reason = f"protocol error {_PROTOCOL_ERRORS.get(value, value)}"
+        else:  # NO_DETAIL
+            ch.closed_in_handshake += 1
+            if not curve or ch.closed_in_handshake < 2:
+                return
+            reason = (
+                "the server closed the connection during the CURVE handshake: most likely the server "
+                "public key given to security= is not this server's"
+            )
+        if ch.refused is None:
+            log.warning("%s: security handshake failed: %s", ch.endpoint, reason)
+        ch.refused = reason
+        if not any(c.connected for c in self._channels) and all(c.refused for c in self._channels):
+            self._refused = True
+            waiting, self._waiting = list(self._waiting), collections.deque()
+            for p, _frame, _deadline in waiting:
+                self._refuse(p)
+
+    def _refuse(self, p: _Pending | None) -> None:
+        """Fail a call (or drop a notify) that no endpoint will take: every handshake was refused."""
+        if p is None:
+            self.counters["notifies_dropped"] += 1
+            return
+        if self._pending.pop(p.id, None) is None:
+            return
+        self._finish(p, _ERROR)
+        chans = [c for c in self._channels if c.refused]
+        where = ", ".join(c.endpoint for c in chans)
+        if len(chans) == 1:
+            reason = str(chans[0].refused)
+        else:
+            reason = "; ".join(f"{c.endpoint}: {c.refused}" for c in chans)
+        _fail(p.fut, AuthenticationFailed(p.method, where, reason))
 
     def _set_state(self, ch: _Channel, state: State) -> None:
         if ch.state is state:

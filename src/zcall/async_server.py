@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -32,6 +32,9 @@ from .replycache import IN_PROGRESS
 from .service import Method, Rejected, Service
 from .sockets import DEFAULT_BIND, apply_size_limit, bind, close_quietly
 from .status import StatusCode
+
+if TYPE_CHECKING:
+    from .security import ServerSecurity
 
 __all__ = ["AsyncServer", "SUBSCRIBE_METHOD"]
 
@@ -73,6 +76,7 @@ class AsyncServer:
         codec: Codec = default_codec,
         send_tracebacks: bool = True,
         heartbeat: Heartbeat | None = DEFAULT_HEARTBEAT,
+        security: ServerSecurity | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
@@ -84,6 +88,8 @@ class AsyncServer:
         self._dispatch = Dispatcher(service, codec, send_tracebacks=send_tracebacks)
         self._codec = codec
         self._heartbeat = heartbeat
+        self._security = security
+        self._release_security: Callable[[], None] | None = None
         self._endpoint: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: zmq.Socket | None = None
@@ -224,6 +230,8 @@ class AsyncServer:
         if self._reader is not None:
             self._reader.stop()
         close_quietly(self._sock, linger_ms=int(min(grace, 1.0) * 1000))
+        if self._release_security is not None:
+            self._release_security()  # after the close: a CURVE socket without ZAP would admit anyone
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         assert self._closed is not None
@@ -273,9 +281,13 @@ class AsyncServer:
             apply_size_limit(sock, self._codec.max_message_size)
             if self._heartbeat is not None:
                 self._heartbeat.apply(sock)  # dead clients are dropped, so replies to them fail fast
+            if self._security is not None:
+                self._release_security = self._security.apply(sock)
             self._endpoint = bind(sock, self._requested)
         except BaseException:
             close_quietly(sock)
+            if self._release_security is not None:
+                self._release_security()
             raise
         self._loop = loop
         self._sock = sock

@@ -12,6 +12,7 @@
     ├── SerializationError          a value msgpack cannot carry (also a TypeError)
     ├── Backpressure                too many calls in flight on this client: slow down or raise the limit
     ├── ConnectionLost              the server's connection dropped with the call pending (it may have run)
+    ├── AuthenticationFailed        the CURVE handshake failed (key not allowed, wrong server key): not sent
     └── ClientClosed                the client (or engine) was closed while the call was pending
 
 ``RemoteError`` subclasses are chosen from the wire status code, so ``except zcall.MethodNotFound`` works
@@ -26,6 +27,7 @@ from typing import Any
 from .status import StatusCode
 
 __all__ = [
+    "AuthenticationFailed",
     "Backpressure",
     "CallTimeout",
     "ClientClosed",
@@ -173,6 +175,18 @@ class ConnectionLost(ZcallError, ConnectionError):
             f"connection to {endpoint} lost while call {method!r} was pending "
             "(it may or may not have run; retry only if the method is idempotent)"
         )
+
+
+class AuthenticationFailed(ZcallError, ConnectionError):
+    """No connection could be made: the security handshake with ``endpoint`` failed, so the call was
+    never sent. ``reason`` says which way (client key refused, server key wrong, CURVE on one side only).
+    """
+
+    def __init__(self, method: str, endpoint: str, reason: str) -> None:
+        self.method = method
+        self.endpoint = endpoint
+        self.reason = reason
+        super().__init__(f"call {method!r} not sent: security handshake with {endpoint} failed: {reason}")
 
 
 class ClientClosed(ZcallError):

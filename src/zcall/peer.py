@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -22,6 +24,7 @@ from .async_client import AsyncClient
 from .async_server import AsyncServer
 from .codec import Codec, default_codec
 from .engine import run_on
+from .security import ClientSecurity, ServerSecurity
 from .service import Service
 from .sockets import DEFAULT_BIND, normalize_endpoints
 from .sync_client import SyncClient
@@ -45,9 +48,16 @@ class Peer:
         max_in_flight: int = 1000,
         context: zmq.Context | None = None,
         codec: Codec = default_codec,
+        security: ServerSecurity | None = None,
+        peer_keys: str | os.PathLike[str] | None = None,
     ) -> None:
         self.name = name
         self.service = service if service is not None else Service(name)
+        self.security = security
+        """CURVE for this peer: its key pair serves callers and calls other peers (they must allow it)."""
+        self.peer_keys = None if peer_keys is None else Path(peer_keys)
+        """Where other peers' public keys are found as ``NAME.key`` (default: ``security.allow_keys_dir``)."""
+        self._server_keys: dict[str, Path] = {}
         self.bind = bind
         self.sync_bind = sync_bind
         self.timeout = timeout
@@ -86,11 +96,16 @@ class Peer:
     def start(self) -> Peer:
         """Bind and serve on zcall's engine thread; returns once bound."""
         self._server = AsyncServer(
-            self.service, self.bind, max_in_flight=self._max_in_flight, context=self._ctx, codec=self._codec
+            self.service,
+            self.bind,
+            max_in_flight=self._max_in_flight,
+            context=self._ctx,
+            codec=self._codec,
+            security=self.security,
         ).start()
         if self.sync_bind is not None:
             self._sync_server = SyncServer(
-                self.service, self.sync_bind, context=self._ctx, codec=self._codec
+                self.service, self.sync_bind, context=self._ctx, codec=self._codec, security=self.security
             ).start()
         return self
 
@@ -135,9 +150,27 @@ class Peer:
 
     # -- the directory -----------------------------------------------------------------------------
 
-    def connect(self, name: str, endpoints: str | Sequence[str]) -> None:
-        """Know peer ``name`` at ``endpoints`` (one or several: failover). Replaces an earlier entry."""
+    def connect(
+        self,
+        name: str,
+        endpoints: str | Sequence[str],
+        *,
+        server_key: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """Know peer ``name`` at ``endpoints`` (one or several: failover). Replaces an earlier entry.
+
+        With ``security``, calls to it use CURVE with its public key: ``server_key`` (a ``NAME.key``
+        file), else ``NAME.key`` in ``peer_keys`` (or in ``security.allow_keys_dir``).
+        """
         eps = normalize_endpoints(endpoints)
+        if server_key is not None:
+            if self.security is None:
+                raise ValueError(
+                    f"connect({name!r}, server_key=...) needs CURVE on this peer: pass "
+                    "security=ServerSecurity(...) to Peer"
+                )
+            self._server_keys[name] = Path(server_key)
+        self._client_security(name)  # a missing or bad key file is reported here, not at the first call
         with self._lock:
             self._directory[name] = eps
             old_sync = self._sync_clients.pop(name, None)
@@ -163,6 +196,22 @@ class Peer:
                 f"peer {self.name!r} knows no peer {name!r} (known: {known}); connect() it first"
             ) from None
 
+    def _client_security(self, name: str) -> ClientSecurity | None:
+        """CURVE settings for calls to peer ``name``: this peer's key pair, that peer's public key."""
+        if self.security is None:
+            return None
+        key = self._server_keys.get(name)
+        if key is None:
+            keys_dir = self.peer_keys if self.peer_keys is not None else self.security.allow_keys_dir
+            if keys_dir is None:
+                raise ValueError(
+                    f"peer {self.name!r} uses CURVE and needs peer {name!r}'s public key: pass "
+                    f"connect({name!r}, ..., server_key='{name}.key') or Peer(peer_keys=DIR) with "
+                    f"{name}.key in DIR"
+                )
+            key = Path(keys_dir) / f"{name}.key"
+        return ClientSecurity(self.security.secret_key_file, key)
+
     def client(self, name: str) -> AsyncClient:
         """The async client (DEALER) to peer ``name``; for per-call ``options(...)``."""
         with self._lock:
@@ -172,7 +221,12 @@ class Peer:
             eps = self._endpoints(name)
         # Made without holding the lock: run_on waits for the loop, and a coroutine handler on that loop
         # may be waiting for the lock in client() itself (the loop would freeze until run_on timed out).
-        kwargs = {"timeout": self.timeout, "context": self._ctx, "codec": self._codec}
+        kwargs = {
+            "timeout": self.timeout,
+            "context": self._ctx,
+            "codec": self._codec,
+            "security": self._client_security(name),
+        }
         if self._server is not None and self._server._loop is not None:
             # live on the server's loop, so coroutine handlers can await calls to other peers
             c = run_on(self._server._loop, lambda: AsyncClient(eps, **kwargs))
@@ -197,7 +251,11 @@ class Peer:
             c = self._sync_clients.get(name)
             if c is None:
                 c = SyncClient(
-                    self._endpoints(name), timeout=self.timeout, context=self._ctx, codec=self._codec
+                    self._endpoints(name),
+                    timeout=self.timeout,
+                    context=self._ctx,
+                    codec=self._codec,
+                    security=self._client_security(name),
                 )
                 self._sync_clients[name] = c
             return c

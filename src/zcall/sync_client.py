@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -29,10 +29,17 @@ from .protocol import ErrorReply, Reply, call_frame, decode
 from .sockets import apply_size_limit, close_quietly, normalize_endpoints
 from .status import StatusCode
 
+if TYPE_CHECKING:
+    from .security import ClientSecurity
+
 __all__ = ["CallOptions", "SyncClient"]
 
 DEFAULT_TIMEOUT = 5.0
 _OK = int(Outcome.OK)
+_CURVE_HINT = (
+    "with CURVE, a client key the server does not allow or a wrong server key also ends here: "
+    "check both, or call with AsyncClient, which reports the failed handshake"
+)
 
 
 class SyncClient:
@@ -47,11 +54,13 @@ class SyncClient:
         headers: dict[str, Any] | None = None,
         context: zmq.Context | None = None,
         codec: Codec = default_codec,
+        security: ClientSecurity | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries!r}")
+        self._security = security
         self.endpoints = normalize_endpoints(endpoints)
         self.timeout = timeout
         self.retries = retries
@@ -133,6 +142,8 @@ class SyncClient:
         s = self._ctx.socket(zmq.REQ)
         s.setsockopt(zmq.LINGER, 0)
         apply_size_limit(s, self._codec.max_message_size)
+        if self._security is not None:
+            self._security.apply(s)
         s.connect(ep)
         return s
 
@@ -232,7 +243,9 @@ class SyncClient:
             self._demote(ep)
             if self._closed:
                 raise ClientClosed("SyncClient was closed during the call")
-        raise CallTimeout(method, tried, attempts, time.monotonic() - start)
+        # A REQ socket cannot see handshake events: a refused key looks like a silent server.
+        detail = "" if self._security is None else _CURVE_HINT
+        raise CallTimeout(method, tried, attempts, time.monotonic() - start, detail)
 
 
 class CallOptions:
