@@ -811,7 +811,7 @@ class AsyncClient:
                 "public key given to security= is not this server's"
             )
         if ch.refused is None:
-            log.warning("%s: security handshake failed: %s", ch.endpoint, reason)
+            log.info("%s: security handshake failed: %s", ch.endpoint, reason)
         ch.refused = reason
         if not any(c.connected for c in self._channels) and all(c.refused for c in self._channels):
             self._refused = True

@@ -102,7 +102,8 @@ def _report_timeout(exc: CallTimeout) -> None:
     _err(f"timeout: {exc}")
     _err(
         "hint: is a zcall server running there? check the endpoint, raise --timeout, "
-        f"or try: zcall ping {','.join(exc.endpoints)}"
+        f"or try: zcall ping {','.join(exc.endpoints)}; a server using CURVE does not answer a client "
+        "without --curve-secret/--server-key, or with a key it does not allow (--async says which)"
     )
 
 
@@ -210,9 +211,14 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         if not sep or not pname or "://" not in ep:
             raise UsageError(f"--peer takes NAME=ENDPOINT (like pricing=tcp://127.0.0.1:5556), got {item!r}")
         peers[pname] = ep
+    security = _server_security(ns)
     obj = load_target(ns.target)
     if isinstance(obj, Peer):
         peer = obj
+        if security is not None:
+            peer.security = security
+        if ns.peer_keys:
+            peer.peer_keys = Path(ns.peer_keys)
         if ns.name:
             peer.name = ns.name
         if ns.bind:
@@ -222,14 +228,24 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     else:
         default_name = obj.name if isinstance(obj, Service) else ns.target.partition(":")[2].split(".")[-1]
         name = ns.name or default_name
-        peer = Peer(name, _build_service(obj, name), bind=ns.bind or DEFAULT_BIND, sync_bind=ns.sync_bind)
+        peer = Peer(
+            name,
+            _build_service(obj, name),
+            bind=ns.bind or DEFAULT_BIND,
+            sync_bind=ns.sync_bind,
+            security=security,
+            peer_keys=ns.peer_keys,
+        )
     for pname, ep in peers.items():
-        peer.connect(pname, ep)
+        try:
+            peer.connect(pname, ep)
+        except (OSError, ValueError) as exc:  # a peer's public key missing or unreadable
+            raise UsageError(f"--peer {pname}: {exc}; see --peer-keys") from None
 
     flag = _StopFlag(ns.stop_on_stdin_eof)
     try:
         if ns.sync:
-            server = SyncServer(peer.service, peer.bind).start()
+            server = SyncServer(peer.service, peer.bind, security=peer.security).start()
             endpoint, kind = server.endpoint, "sync (REP)"
             stop: Callable[[], None] = server.stop
         else:
@@ -273,6 +289,43 @@ def _parse_kw(items: Sequence[str]) -> dict[str, Any]:
     return kwargs
 
 
+def _server_security(ns: argparse.Namespace) -> Any:
+    """``ServerSecurity`` from ``--curve-secret/--allow-keys/--allow-ip``, or None without CURVE."""
+    if ns.curve_secret is None:
+        if ns.allow_keys or ns.allow_ip or ns.peer_keys:
+            raise UsageError("--allow-keys, --allow-ip and --peer-keys need --curve-secret FILE (CURVE)")
+        return None
+    from .security import ServerSecurity
+
+    try:
+        return ServerSecurity(ns.curve_secret, allow_keys_dir=ns.allow_keys, allow_ips=ns.allow_ip or None)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _client_security(ns: argparse.Namespace) -> Any:
+    """``ClientSecurity`` from ``--curve-secret/--server-key``, or None without CURVE."""
+    if ns.curve_secret is None and ns.server_key is None:
+        return None
+    if ns.curve_secret is None or ns.server_key is None:
+        raise UsageError("CURVE needs both --curve-secret (this client's NAME.key_secret) and --server-key")
+    from .security import ClientSecurity
+
+    try:
+        return ClientSecurity(ns.curve_secret, ns.server_key)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _add_client_security(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--curve-secret", metavar="FILE", default=None, help="CURVE: this client's NAME.key_secret file"
+    )
+    p.add_argument(
+        "--server-key", metavar="FILE", default=None, help="CURVE: the server's public NAME.key file"
+    )
+
+
 def _call(
     endpoints: list[str],
     method: str,
@@ -280,12 +333,13 @@ def _call(
     kwargs: dict[str, Any],
     timeout: float,
     use_async: bool,
+    security: Any = None,
 ) -> Any:
     if use_async:
         from .async_client import AsyncClient
 
         async def go() -> Any:
-            client = AsyncClient(endpoints, timeout=timeout)
+            client = AsyncClient(endpoints, timeout=timeout, security=security)
             try:
                 return await client.call(method, *args, **kwargs)
             finally:
@@ -294,17 +348,18 @@ def _call(
         return asyncio.run(go())
     from .sync_client import SyncClient
 
-    with SyncClient(endpoints, timeout=timeout) as client:
+    with SyncClient(endpoints, timeout=timeout, security=security) as client:
         return client.call(method, *args, **kwargs)
 
 
 def cmd_call(ns: argparse.Namespace) -> int:
     eps = _endpoints(ns.endpoint)
+    security = _client_security(ns)
     args = [parse_value(a) for a in ns.args]
     kwargs = _parse_kw(ns.kw)
 
     def go() -> int:
-        result = _call(eps, ns.method, args, kwargs, ns.timeout, ns.use_async)
+        result = _call(eps, ns.method, args, kwargs, ns.timeout, ns.use_async, security)
         print(to_json(result) if ns.json else _readable(result), flush=True)
         return EXIT_OK
 
@@ -326,7 +381,7 @@ def cmd_ls(ns: argparse.Namespace) -> int:
     eps = _endpoints(ns.endpoint)
 
     def go() -> int:
-        methods = _call(eps, "zcall.methods", [], {}, ns.timeout, False)
+        methods = _call(eps, "zcall.methods", [], {}, ns.timeout, False, _client_security(ns))
         if ns.json:
             print(to_json(methods), flush=True)
             return EXIT_OK
@@ -363,7 +418,7 @@ def cmd_ping(ns: argparse.Namespace) -> int:
 
     def go() -> int:
         nonlocal lost
-        with SyncClient(eps, timeout=ns.timeout) as client:
+        with SyncClient(eps, timeout=ns.timeout, security=_client_security(ns)) as client:
             for i in range(ns.count):
                 if i and ns.interval > 0:
                     time.sleep(ns.interval)  # the pacing between pings is what the user asked for
@@ -434,20 +489,21 @@ def render_stats(result: Any, endpoint: str) -> str:
     return "\n".join(lines)
 
 
-def fetch_stats(endpoints: list[str], timeout: float) -> Any:
+def fetch_stats(endpoints: list[str], timeout: float, security: Any = None) -> Any:
     """The ``zcall.stats`` result of the server at ``endpoints`` (``MethodNotFound`` if it has none)."""
-    return _call(endpoints, "zcall.stats", [], {}, timeout, False)
+    return _call(endpoints, "zcall.stats", [], {}, timeout, False, security)
 
 
 def cmd_stats(ns: argparse.Namespace) -> int:
     from .errors import MethodNotFound
 
     eps = _endpoints(ns.endpoint)
+    security = _client_security(ns)
     if ns.watch is not None and ns.watch <= 0:
         raise UsageError("--watch takes a positive number of seconds")
 
     def once() -> None:
-        result = fetch_stats(eps, ns.timeout)
+        result = fetch_stats(eps, ns.timeout, security)
         text = to_json(result) if ns.json else render_stats(result, ",".join(eps))
         if ns.watch is not None and sys.stdout.isatty():
             sys.stdout.write("\x1b[H\x1b[2J")  # clear the screen between refreshes
@@ -593,6 +649,31 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also stop when stdin closes (used by 'zcall launch')",
     )
+    p.add_argument(
+        "--curve-secret",
+        metavar="FILE",
+        default=None,
+        help="CURVE: serve encrypted with this NAME.key_secret (from 'zcall keygen')",
+    )
+    p.add_argument(
+        "--allow-keys",
+        metavar="DIR",
+        default=None,
+        help="CURVE: only clients whose public *.key is in DIR may connect (default: any key)",
+    )
+    p.add_argument(
+        "--allow-ip",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="CURVE: only connections from this address (repeat)",
+    )
+    p.add_argument(
+        "--peer-keys",
+        metavar="DIR",
+        default=None,
+        help="CURVE: where the --peer peers' public NAME.key files are (default: --allow-keys)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -619,12 +700,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--async", dest="use_async", action="store_true", help="call over DEALER (AsyncClient) instead of REQ"
     )
+    _add_client_security(p)
     p.set_defaults(func=cmd_call)
 
     p = sub.add_parser("ls", help="list a server's methods with signatures and docs")
     p.add_argument("endpoint", metavar="ENDPOINT")
     p.add_argument("--json", action="store_true", help="print zcall.methods' raw answer as JSON")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S")
+    _add_client_security(p)
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("ping", help="round-trip time, service name and pid (zcall.ping)")
@@ -636,6 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=float, default=2.0, metavar="S", help="seconds to wait per ping (default 2)"
     )
+    _add_client_security(p)
     p.set_defaults(func=cmd_ping)
 
     p = sub.add_parser("stats", help="a server's per-method call metrics (zcall.stats)")
@@ -645,6 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print zcall.stats' raw answer as JSON")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S")
+    _add_client_security(p)
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("keygen", help="write a CURVE key pair: NAME.key and NAME.key_secret")
