@@ -1,0 +1,194 @@
+"""Peer mesh: three peers in three processes call each other both ways, directly and through each other.
+
+There is no server and no client here, only peers (``zcall.Peer``): each one serves on a ROUTER and calls
+the others by name over its own outgoing sockets, so "a calls b" and "b calls a" happen at the same time
+on the same nodes. Shown:
+
+1. every peer calls every other peer at once, with a blocking call (``peer.call``, REQ) and an
+   asynchronous one (``peer.call_async``, DEALER, a callback-style future): 12 calls, both ways;
+2. nested calls: a's handler asks b, whose handler asks c; once with blocking handlers (``peer.call`` in a
+   plain function, which runs in the peer's thread pool) and once with coroutine handlers
+   (``await peer.acall`` on the peer's event loop); then around the ring, a -> b -> c -> a.
+
+Run alone (starts three peer processes and cleans them up):  python patterns/peer_mesh.py
+One peer by hand:  python patterns/peer_mesh.py --peer a --bind tcp://127.0.0.1:5701
+                   (then tell it about the others by calling its ``meet`` method)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import zcall
+
+NAMES = ("a", "b", "c")
+METHODS = {"blocking handlers, peer.call": "forward", "coroutines, await peer.acall": "aforward"}
+
+service = zcall.Service("mesh")
+node: zcall.Peer  # this process's peer, set by serve_peer()
+
+
+@service.method
+def meet(directory: dict[str, str]) -> list[str]:
+    """Learn the other peers (name -> endpoint); returns who this peer now knows."""
+    for name, endpoint in directory.items():
+        if name != node.name:
+            node.connect(name, endpoint)
+    return sorted(node.peers)
+
+
+@service.method
+def hello(caller: str) -> str:
+    """What a peer answers when another one calls it."""
+    return f"{node.name} says hello to {caller}"
+
+
+@service.method
+def call_everyone() -> list[str]:
+    """Call every known peer, blocking (REQ) and async (DEALER) at once; one line per call."""
+    others = sorted(node.peers)
+    futures = {p: node.call_async(p, "hello", node.name) for p in others}  # all in flight together
+    lines = [
+        f"{node.name} -> {p}  sync  (peer.call):       {node.call(p, 'hello', node.name)}" for p in others
+    ]
+    lines += [f"{node.name} -> {p}  async (peer.call_async): {f.result(10)}" for p, f in futures.items()]
+    return lines
+
+
+@service.method
+def forward(route: list[str], path: list[str]) -> list[str]:
+    """Blocking handler: add this peer to ``path`` and pass the rest of ``route`` on with ``peer.call``."""
+    path = [*path, node.name]
+    if not route:
+        return path
+    return node.call(route[0], "forward", route[1:], path)  # this thread waits; the peer's loop does not
+
+
+@service.method
+async def aforward(route: list[str], path: list[str]) -> list[str]:
+    """Coroutine handler: the same, with ``await peer.acall`` (never ``peer.call`` on the loop)."""
+    path = [*path, node.name]
+    if not route:
+        return path
+    return await node.acall(route[0], "aforward", route[1:], path)
+
+
+def serve_peer(name: str, bind: str) -> None:
+    """Run one peer until SIGTERM/SIGINT; print ``READY <endpoint>`` once it is bound."""
+    global node
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    node = zcall.Peer(name, service, bind=bind)
+    with node:
+        print(f"READY {node.endpoint}", flush=True)  # the parent waits for this line, not a sleep
+        while not stop.wait(0.5):
+            pass
+
+
+# -- the demo: start three peers, make them talk, stop them ------------------------------------------
+
+
+def start_peers(
+    names: tuple[str, ...], timeout: float = 10.0
+) -> dict[str, tuple[subprocess.Popen[str], str]]:
+    """Start ``--peer NAME`` for each name, all at once; wait for each READY line; name -> (process,
+    endpoint). Stops the ones already started if one fails."""
+    started: dict[str, subprocess.Popen[str]] = {}
+    out: dict[str, tuple[subprocess.Popen[str], str]] = {}
+    try:
+        for name in names:
+            started[name] = subprocess.Popen(
+                [sys.executable, __file__, "--peer", name, "--bind", "tcp://127.0.0.1:*"],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        deadline = time.monotonic() + timeout
+        for name, proc in started.items():
+            with selectors.DefaultSelector() as sel:
+                sel.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+                ready = sel.select(max(0.0, deadline - time.monotonic()))
+                line = proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
+            if not line.startswith("READY "):
+                raise SystemExit(f"peer {name} failed to start: {line!r}")
+            out[name] = (proc, line.split()[1])
+        return out
+    except BaseException:
+        for proc in started.values():
+            stop_peer(proc)
+        raise
+
+
+def stop_peer(proc: subprocess.Popen[str]) -> None:
+    """Terminate the child by pid, kill it if it does not go, and reap it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def demo(directory: dict[str, str]) -> int:
+    """Drive the mesh from a fourth peer (this process); returns an exit code."""
+    ok = True
+    with zcall.Peer("driver", peers=directory, timeout=10.0) as me:
+        for name in NAMES:
+            me.call(name, "meet", directory)
+
+        print("\n1. every peer calls every other peer, all at the same time (both ways):")
+        t0 = time.perf_counter()
+        futures = [me.call_async(name, "call_everyone") for name in NAMES]  # the three run concurrently
+        lines = [line for f in futures for line in f.result(15)]
+        for line in lines:
+            print(f"   {line}")
+        ok &= len(lines) == 12
+        print(f"   {len(lines)} calls answered in {(time.perf_counter() - t0) * 1000:.0f} ms")
+
+        print("\n2. nested calls: a's handler asks b, whose handler asks c:")
+        for label, method in METHODS.items():
+            path = me.call("a", method, ["b", "c"], ["driver"])
+            print(f"   {label:30}: {' -> '.join(path)}")
+            ok &= path == ["driver", "a", "b", "c"]
+        print("\n3. around the ring and back to a, which is still waiting on b when c calls it")
+        print("   (both rings at once, from this process's asyncio face: await peer.acall + gather):")
+
+        async def rings() -> list[list[str]]:
+            route = ["b", "c", "a"]
+            return await asyncio.gather(*(me.acall("a", m, route, ["driver"]) for m in METHODS.values()))
+
+        for label, path in zip(METHODS, asyncio.run(rings()), strict=True):
+            print(f"   {label:30}: {' -> '.join(path)}")
+            ok &= path == ["driver", "a", "b", "c", "a"]
+    print("\npeer mesh: every call answered" if ok else "\npeer mesh: UNEXPECTED ANSWERS")
+    return 0 if ok else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--peer", metavar="NAME", help="only run the peer NAME")
+    parser.add_argument("--bind", default="tcp://127.0.0.1:*", metavar="ENDPOINT", help="(--peer) where")
+    args = parser.parse_args()
+    if args.peer:
+        serve_peer(args.peer, args.bind)
+        return 0
+    peers = start_peers(NAMES)
+    try:
+        for name, (proc, endpoint) in peers.items():
+            print(f"peer {name}: pid {proc.pid}, serving on {endpoint}")
+        print("this process is a fourth peer, 'driver', that sets the others going")
+        return demo({name: endpoint for name, (_, endpoint) in peers.items()})
+    finally:
+        for proc, _ in peers.values():
+            stop_peer(proc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
