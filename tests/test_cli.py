@@ -46,8 +46,11 @@ def test_serve_prints_ready_and_stops_with_code_0_on_sigterm() -> None:
             assert c.call("zcall.ping")["pid"] == handle.pid
             with pytest.raises(zcall.MethodNotFound):
                 c.call("_secret")
+        for _ in range(5):  # a dying launcher can deliver several SIGTERMs: stop once, cleanly, no deadlock
+            handle.send_signal(signal.SIGTERM)
+        code = handle.wait(timeout=10)
     finally:
-        code = handle.stop(timeout=5)
+        handle.stop(timeout=5)
     assert code == 0, handle.stderr
     assert "serving async (ROUTER)" in handle.stderr
 
@@ -67,6 +70,32 @@ def test_serve_sync_serves_over_rep_and_ctrl_c_exits_0() -> None:
     finally:
         handle.stop(timeout=5)
     assert "serving sync (REP)" in handle.stderr
+
+
+def test_serve_stops_cleanly_when_its_stdin_closes() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zcall", "serve", "helpers.services:service", "--stop-on-stdin-eof"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        cwd=REPO_ROOT,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().startswith("READY testsvc tcp://")
+        proc.stdin.close()  # what a launcher's death looks like from here
+        code = proc.wait(timeout=10)  # its few log lines fit in the pipe buffer
+        err = proc.stderr.read()  # type: ignore[union-attr]
+        assert code == 0, err
+        assert "stdin closed" in err and "Fatal Python error" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()  # type: ignore[union-attr]
 
 
 def test_serve_bad_target_is_a_usage_error() -> None:

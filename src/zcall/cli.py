@@ -169,35 +169,57 @@ def _build_service(obj: Any, name: str) -> Any:
 
 
 class _StopFlag:
-    """SIGINT/SIGTERM (and optionally EOF on stdin) set an event the serving thread waits on."""
+    """SIGINT/SIGTERM (and optionally EOF on stdin) wake the serving thread, through a self-pipe.
+
+    The signal handler only writes a byte to a pipe: it must not take a lock (``Event.set`` does), because
+    a handler runs *inside* whatever the main thread was doing, and a second signal arriving while the
+    first handler holds the lock deadlocks the process. (A launcher that dies sends several SIGTERMs:
+    Linux repeats PR_SET_PDEATHSIG each time the child is reparented between the dying threads.)
+    """
 
     def __init__(self, stop_on_stdin_eof: bool) -> None:
-        self.event = threading.Event()
         self.reason = ""
+        self.count = 0
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
         self._previous: dict[int, Any] = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._on_signal)
         if stop_on_stdin_eof:
             threading.Thread(target=self._watch_stdin, daemon=True, name="zcall-stdin-eof").start()
 
+    def _poke(self) -> None:
+        try:
+            os.write(self._w, b"!")
+        except OSError:  # full (many signals) or closed: the reader wakes anyway
+            pass
+
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.event.is_set() and signum == signal.SIGINT:
+        self.count += 1
+        if self.count > 1 and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop waiting for the grace period
-        self.reason = signal.Signals(signum).name
-        self.event.set()
+        self.reason = self.reason or signal.Signals(signum).name
+        self._poke()
 
     def _watch_stdin(self) -> None:
+        # os.read on the raw fd, not sys.stdin: a daemon thread blocked inside a buffered reader holds its
+        # lock, and the interpreter aborts at exit ("could not acquire lock for <stdin>", SIGABRT).
         try:
-            while sys.stdin.buffer.read1(65536):
+            while os.read(0, 65536):
                 pass
-        except (OSError, ValueError):
+        except OSError:
             pass
         self.reason = self.reason or "stdin closed (launcher gone)"
-        self.event.set()
+        self._poke()
+
+    def wait(self) -> None:
+        """Block until a signal or stdin EOF (``os.read`` resumes after a handler ran: PEP 475)."""
+        os.read(self._r, 1)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self.count = max(self.count, 1)  # later SIGINTs (if any handler remains) count as "second"
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
@@ -262,7 +284,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
             log.info("peer %s knows %s", peer.name, ", ".join(f"{n}={e}" for n, e in peers.items()))
         print(f"READY {peer.name} {endpoint}", flush=True)
         try:
-            flag.event.wait()
+            flag.wait()
             log.info("peer %s stopping (%s)", peer.name, flag.reason)
             stop()
         except KeyboardInterrupt:

@@ -21,6 +21,12 @@ A topology lists peers: a ``name``, a ``target`` (``"module:attr"``, what ``zcal
     target = "mesh_services:frontend"
     peers = ["pricing"]
 
+**CURVE.** A peer with ``curve_secret = "keys/NAME.key_secret"`` serves encrypted; ``allow_keys = "keys"``
+(a directory of public ``*.key`` files) says who may call it, ``allow_ips`` from where; it calls the peers
+it knows with its own key pair and finds their public keys as ``NAME.key`` in ``peer_keys`` (default
+``allow_keys``). The launcher pings a secured peer with that peer's own key pair, so put every peer's
+public key in the shared directory (see docs/security.md).
+
 **Ports.** A ``*`` port is replaced by a concrete free port *before* any child starts, so every child
 gets the real endpoints of the peers it knows as ``--peer NAME=ENDPOINT`` flags at launch, and a
 restarted peer comes back on the same endpoint (the others keep reaching it; zmq reconnects). The port is
@@ -47,6 +53,7 @@ import ctypes.util
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -109,6 +116,13 @@ class PeerSpec:
     env: dict[str, str] = field(default_factory=dict)
     restart: str = "no"
     sync_bind: str | None = None
+    curve_secret: str | None = None
+    """CURVE: this peer's NAME.key_secret; it serves with it and calls the peers it knows with it."""
+    allow_keys: str | None = None
+    """CURVE: directory of the public keys allowed to call this peer (None: any key)."""
+    allow_ips: list[str] = field(default_factory=list)
+    peer_keys: str | None = None
+    """CURVE: where the peers it knows have their public NAME.key (default: ``allow_keys``)."""
 
 
 @dataclass
@@ -153,6 +167,7 @@ class Topology:
                     raise TopologyError(
                         f"{where}: peer {p.name!r}: {ep!r} is not an endpoint like 'tcp://127.0.0.1:*'"
                     )
+        _validate_curve(self.peers, where)
         for p in self.peers:
             for other in p.peers:
                 if other not in names:
@@ -183,6 +198,7 @@ class Topology:
         base = Path(base_dir)
         peers = []
         fields = {"name", "target", "bind", "peers", "env", "restart", "sync_bind"}
+        fields |= {"curve_secret", "allow_keys", "allow_ips", "peer_keys"}
         for i, raw in enumerate(raw_peers):
             label = f"{source} peer #{i + 1}" + (
                 f" ({raw.get('name')!r})" if isinstance(raw, Mapping) else ""
@@ -208,6 +224,7 @@ class Topology:
                     env={str(k): str(v) for k, v in env.items()},
                     restart=str(raw.get("restart", "no")),
                     sync_bind=None if raw.get("sync_bind") is None else str(raw["sync_bind"]),
+                    **_curve_fields(raw, base, label),
                 )
             )
         cwd = settings.get("cwd", ".")
@@ -228,6 +245,56 @@ class Topology:
             if isinstance(exc, TopologyError):
                 raise
             raise TopologyError(f"{source}: {exc}") from None
+
+
+def _curve_fields(raw: Mapping[str, Any], base: Path, label: str) -> dict[str, Any]:
+    """The CURVE keys of one [[peer]] table, paths made absolute from the topology file's directory."""
+    out: dict[str, Any] = {}
+    for key in ("curve_secret", "allow_keys", "peer_keys"):
+        if raw.get(key) is not None:
+            if not isinstance(raw[key], str):
+                raise TopologyError(f"{label}: {key!r} must be a path (a string)")
+            out[key] = str((base / raw[key]).resolve())
+    ips = raw.get("allow_ips", [])
+    if not isinstance(ips, list) or not all(isinstance(ip, str) for ip in ips):
+        raise TopologyError(f"{label}: 'allow_ips' must be a list of addresses like [\"127.0.0.1\"]")
+    out["allow_ips"] = list(ips)
+    return out
+
+
+def _validate_curve(peers: list[PeerSpec], where: str) -> None:
+    """CURVE settings that cannot work: keys missing, or a secured peer and a plain one calling each other."""
+    by_name = {p.name: p for p in peers}
+    for p in peers:
+        if p.curve_secret is None:
+            if p.allow_keys or p.allow_ips or p.peer_keys:
+                raise TopologyError(
+                    f"{where}: peer {p.name!r}: allow_keys/allow_ips/peer_keys need curve_secret"
+                )
+            secured = [o for o in p.peers if o in by_name and by_name[o].curve_secret]
+            if secured:
+                raise TopologyError(
+                    f"{where}: peer {p.name!r} calls {secured[0]!r}, which uses CURVE: give {p.name!r} a "
+                    "curve_secret too (and its public key to the allow_keys of the peers it calls)"
+                )
+            continue
+        if not Path(p.curve_secret).is_file():
+            raise TopologyError(
+                f"{where}: peer {p.name!r}: no curve_secret file {p.curve_secret!r} (zcall keygen)"
+            )
+        keys_dir = p.peer_keys or p.allow_keys
+        for other in p.peers:
+            if other not in by_name:
+                continue
+            if by_name[other].curve_secret is None:
+                raise TopologyError(
+                    f"{where}: peer {p.name!r} uses CURVE and calls {other!r}, which does not: secure both"
+                )
+            if keys_dir is None or not (Path(keys_dir) / f"{other}.key").is_file():
+                raise TopologyError(
+                    f"{where}: peer {p.name!r} calls {other!r} and needs its public key {other}.key in "
+                    f"peer_keys (or allow_keys): {keys_dir!r}"
+                )
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -286,6 +353,32 @@ class _PortPool:
 
 
 # -- children ---------------------------------------------------------------------------------------
+
+
+class _Waker:
+    """A self-pipe: ``poke()`` from any thread or signal handler (lock-free), ``wait(timeout)`` in one."""
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+
+    def poke(self) -> None:
+        try:
+            os.write(self._w, b"!")
+        except OSError:  # full: the waiter wakes anyway; closed: nobody waits any more
+            pass
+
+    def wait(self, timeout: float | None) -> None:
+        """Return after a poke (even one made before the call) or after ``timeout`` seconds."""
+        try:
+            select.select([self._r], [], [], None if timeout is None else max(0.0, timeout))
+            while os.read(self._r, 4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            pass
 
 
 def _libc_prctl() -> Callable[..., int] | None:
@@ -367,8 +460,8 @@ class Launcher:
         self._err = err if err is not None else sys.stderr
         self._show_output = show_output
         self._write_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._wake = _Waker()
+        self._stop_requested = False  # a plain flag: signal handlers set it (no locks in a handler)
         self._stopping = False
         self._started = False
         self.processes: dict[str, PeerProcess] = {}
@@ -416,17 +509,20 @@ class Launcher:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Send ``sig`` to every child, wait ``stop_timeout``, SIGKILL the rest, reap all. Idempotent."""
         self._stopping = True
-        self._stop.set()
-        self._wake.set()
-        procs = [pp.proc for pp in self.processes.values() if pp.proc is not None]
-        for p in procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    p.send_signal(sig)
+        self._stop_requested = True
+        self._wake.poke()
+        running = [pp for pp in self.processes.values() if pp.proc is not None and pp.proc.poll() is None]
+        for pp in running:
+            with contextlib.suppress(ProcessLookupError):
+                pp.proc.send_signal(sig)  # type: ignore[union-attr]
         deadline = time.monotonic() + self.topology.stop_timeout
-        for p in procs:
+        for pp in running:
+            p = pp.proc
+            assert p is not None
             try:
-                p.wait(max(0.0, deadline - time.monotonic()))
+                code = p.wait(max(0.0, deadline - time.monotonic()))
+                if code != 0:
+                    log.warning("peer %s (pid %d) exited with code %d on stop", pp.name, p.pid, code)
             except subprocess.TimeoutExpired:
                 log.warning(
                     "peer pid %d did not stop within %.1fs: SIGKILL", p.pid, self.topology.stop_timeout
@@ -446,17 +542,15 @@ class Launcher:
 
     def request_stop(self) -> None:
         """Make ``start()``/``supervise()`` return early (safe from signal handlers and other threads)."""
-        self._stop.set()
-        self._wake.set()
-        for pp in self.processes.values():
-            pp.ready.set()
+        self._stop_requested = True
+        self._wake.poke()  # lock-free: a handler must not take a lock its own thread may hold
 
     def supervise(self) -> int:
         """Restart peers as their policy says until ``request_stop()`` or until every peer is down for good.
 
         Returns 0 when stopped on request (or every peer exited 0), 1 when peers failed and stay down.
         """
-        while not self._stop.is_set():
+        while not self._stop_requested:
             now = time.monotonic()
             next_due: float | None = None
             for pp in self.processes.values():
@@ -468,7 +562,7 @@ class Launcher:
                         self._restart(pp)
                     else:
                         next_due = pp.restart_at if next_due is None else min(next_due, pp.restart_at)
-            if self._stop.is_set():
+            if self._stop_requested:
                 break
             if all(
                 not pp.alive() and pp.restart_at is None and pp.exit_handled for pp in self.processes.values()
@@ -482,7 +576,6 @@ class Launcher:
                 return 1 if failed else 0
             timeout = 1.0 if next_due is None else max(0.0, min(1.0, next_due - time.monotonic()))
             self._wake.wait(timeout)
-            self._wake.clear()
         return 0
 
     def table(self) -> str:
@@ -572,6 +665,14 @@ class Launcher:
             argv += ["--peer", f"{other}={self.processes[other].endpoint}"]
         if pp.sync_bind is not None:
             argv += ["--sync-bind", pp.sync_bind]
+        if spec.curve_secret is not None:
+            argv += ["--curve-secret", spec.curve_secret]
+            if spec.allow_keys is not None:
+                argv += ["--allow-keys", spec.allow_keys]
+            for ip in spec.allow_ips:
+                argv += ["--allow-ip", ip]
+            if spec.peer_keys is not None:
+                argv += ["--peer-keys", spec.peer_keys]
         argv.append("--stop-on-stdin-eof")
         return argv
 
@@ -623,10 +724,11 @@ class Launcher:
                 if not pp.ready.is_set() and line.startswith("READY "):
                     pp.ready_line = line
                     pp.ready.set()
+                    self._wake.poke()
                 elif self._show_output:
                     self._print(f"{pp.name} | {line}")
         pp.ready.set()  # EOF: wake whoever waits for READY (they check whether the process died)
-        self._wake.set()
+        self._wake.poke()
 
     def _pump_stderr(self, pp: PeerProcess, proc: subprocess.Popen[str]) -> None:
         assert proc.stderr is not None
@@ -638,13 +740,15 @@ class Launcher:
 
     def _wait_ready(self, pp: PeerProcess, deadline: float) -> None:
         assert pp.proc is not None
-        if not pp.ready.wait(max(0.0, deadline - time.monotonic())):
+        while not pp.ready.is_set() and not self._stop_requested and time.monotonic() < deadline:
+            self._wake.wait(deadline - time.monotonic())
+        if self._stop_requested and not pp.ready_line:
+            raise LaunchError("stopped on request while peers were starting")
+        if not pp.ready.is_set():
             raise LaunchError(
                 f"peer {pp.name!r} (pid {pp.pid}) printed no READY line within "
                 f"{self.topology.startup_timeout}s; raise [launch] startup_timeout or check its output above"
             )
-        if not pp.ready_line and self._stop.is_set():
-            raise LaunchError("stopped on request while peers were starting")
         if not pp.ready_line:
             code = pp.proc.wait(5)
             for t in pp.threads:
@@ -655,7 +759,13 @@ class Launcher:
                 f"cwd {self.topology.cwd}); the end of its stderr:\n{tail}"
             )
         remaining = deadline - time.monotonic()
-        client = SyncClient(pp.endpoint, timeout=max(0.2, min(2.0, remaining)))
+        # A secured peer is pinged with its own key pair: its public key must be in its allow_keys.
+        security = None
+        if pp.spec.curve_secret is not None:
+            from .security import ClientSecurity
+
+            security = ClientSecurity(pp.spec.curve_secret, pp.spec.curve_secret)
+        client = SyncClient(pp.endpoint, timeout=max(0.2, min(2.0, remaining)), security=security)
         try:
             while True:
                 try:
@@ -715,4 +825,4 @@ class Launcher:
                 assert pp.proc is not None
                 pp.proc.kill()
                 pp.proc.wait()
-            self._wake.set()  # _on_exit applies the policy (with backoff)
+            self._wake.poke()  # _on_exit applies the policy (with backoff)
