@@ -5,7 +5,7 @@ A workload is a few rows that make the same calls to the same handler: one raw p
 the zcall faces beside it. Every row is warmed up, then the rows of a workload take turns for
 ``--repeat`` runs (so drift hits them alike) and the median run (by calls/s) is reported.
 
-    .venv/bin/python scripts/bench.py                 # everything, about a minute
+    .venv/bin/python scripts/bench.py                 # everything, under a minute on 2 cores
     .venv/bin/python scripts/bench.py --quick         # smoke test, a few seconds
     .venv/bin/python scripts/bench.py --only seq_double --json
 
