@@ -246,7 +246,7 @@ def test_killed_peer_fails_pending_calls_and_is_used_again_when_back(
         exc = remote_failure(f, 3.0)
         assert exc.type == "zcall.errors.ConnectionLost", exc
         assert b.endpoint in exc.message
-    assert time.monotonic() - killed < 1.5
+    assert time.monotonic() - killed < 1.9  # well before a's 2 s call timeout
     # a keeps serving others while its blocking calls to b are still waiting out their timeout
     assert not any(f.done() for f in via_call)
     assert a.call("whoami") == "a"
@@ -254,7 +254,7 @@ def test_killed_peer_fails_pending_calls_and_is_used_again_when_back(
         exc = remote_failure(f, 5.0)
         assert exc.type == "zcall.errors.CallTimeout", exc
         assert b.endpoint in exc.message
-    assert time.monotonic() - killed < 3.0
+    assert time.monotonic() - killed < 4.0  # 2 s from when they were sent, plus slack for a busy machine
     # b comes back on the same endpoint: a uses it again, both ways of calling
     start_peers(("b", {"bind": b.endpoint}))
     assert a.call("arelay", "b", "whoami") == "b"
