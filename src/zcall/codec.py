@@ -9,6 +9,7 @@ frame length, so a "huge declared length" fails fast).
 from __future__ import annotations
 
 import datetime as _dt
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,7 @@ DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 class Codec:
     """msgpack encoder/decoder with explicit limits and a registry of extension types."""
 
-    __slots__ = ("max_message_size", "strict_map_key", "_by_type", "_by_code", "_default")
+    __slots__ = ("max_message_size", "strict_map_key", "_by_type", "_by_code", "_default", "_local")
 
     def __init__(
         self,
@@ -38,6 +39,10 @@ class Codec:
         self._by_type: dict[type, tuple[int, Callable[[Any], bytes]]] = {}
         self._by_code: dict[int, Callable[[bytes], Any]] = {}
         self._default = self._encode_other
+        # One msgpack.Packer per thread, reused: msgpack.packb() builds a new Packer every call, which
+        # costs more than the packing of a typical call frame. A Packer is not re-entrant, so a user
+        # ext encoder that packs again gets a fresh one (see _encode_other).
+        self._local = threading.local()
 
     def register(
         self,
@@ -73,7 +78,13 @@ class Codec:
                     break
         if entry is not None:
             code, encode = entry
-            return msgpack.ExtType(code, encode(obj))
+            local = self._local
+            packer = getattr(local, "packer", None)
+            local.packer = None  # the user's encoder may call packb: it must not reuse our packer
+            try:
+                return msgpack.ExtType(code, encode(obj))
+            finally:
+                local.packer = packer
         if isinstance(obj, _dt.datetime):  # only naive ones reach here: aware ones are packed natively
             raise SerializationError(
                 f"cannot send naive datetime {obj!r}: attach a tzinfo (e.g. datetime.timezone.utc)"
@@ -90,11 +101,20 @@ class Codec:
     def packb(self, obj: Any) -> bytes:
         """Encode ``obj``; raises ``SerializationError`` naming the type that could not be sent."""
         try:
-            return msgpack.packb(obj, default=self._default, datetime=True)
+            try:
+                packer = self._local.packer
+            except AttributeError:
+                packer = self._local.packer = self._new_packer()
+            if packer is None:  # re-entered from an ext encoder on this thread
+                return msgpack.packb(obj, default=self._default, datetime=True)
+            return packer.pack(obj)  # a failed pack() resets the packer's buffer
         except SerializationError:
             raise
         except (TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(f"cannot encode value with msgpack: {exc}") from None
+
+    def _new_packer(self) -> msgpack.Packer:
+        return msgpack.Packer(default=self._default, datetime=True, autoreset=True)
 
     # -- decoding ---------------------------------------------------------------------------------
 
