@@ -172,6 +172,7 @@ class Cancel:
 Message = Call | Notify | Reply | ErrorReply | Event | Ping | Pong | Cancel
 
 _V = PROTOCOL_VERSION
+_CALL, _REPLY, _NOTIFY = int(Kind.CALL), int(Kind.REPLY), int(Kind.NOTIFY)
 
 
 def _meta(deadline_ms: int | None, headers: dict[str, Any] | None, retry: bool = False) -> dict[str, Any]:
@@ -242,10 +243,6 @@ class BadMessage(ProtocolError):
         super().__init__(reason)
 
 
-def _is_id(x: Any) -> bool:
-    return type(x) is int and 0 <= x <= MAX_ID
-
-
 def _check_call_fields(m: list[Any], n: int, id_: int, what: str) -> tuple[Any, Any, Any, Any]:
     if n < 7:
         raise BadMessage(
@@ -292,24 +289,28 @@ def decode(frame: bytes, codec: Codec = default_codec) -> Message:
     if n < 3:
         raise BadMessage(f"a zcall message has at least 3 items [version, kind, id], got {n}")
     version, kind, id_ = m[0], m[1], m[2]
-    ident = id_ if _is_id(id_) else None
+    id_ok = type(id_) is int and 0 <= id_ <= MAX_ID
     if version != _V or type(version) is not int:
-        raise UnsupportedVersion(version, ident)
-    if ident is None:
+        raise UnsupportedVersion(version, id_ if id_ok else None)
+    if not id_ok:
         raise BadMessage(f"message id must be an unsigned 64-bit integer, got {_short(id_)}")
     if type(kind) is not int:  # not bool or float: true == 1.0 == Kind.CALL in Python
         raise BadMessage(f"message kind must be an integer, got {type(kind).__name__}", id_)
-    if kind == Kind.CALL or kind == Kind.NOTIFY:
-        what = "call" if kind == Kind.CALL else "notify"
-        method, args, kwargs, meta = _check_call_fields(m, n, id_, what)
-        deadline, headers, retry = _meta_fields(meta, id_)
-        if kind == Kind.CALL:
-            return Call(id_, method, args, kwargs, deadline, headers, retry)
-        return Notify(id_, method, args, kwargs, deadline, headers)
-    if kind == Kind.REPLY:
+    # Plain int constants, the two hot kinds first: this runs once per message on every socket.
+    if kind == _REPLY:
         if n < 4:
             raise BadMessage("reply needs 4 items [version, kind, id, result]", id_)
         return Reply(id_, m[3])
+    if kind in (_CALL, _NOTIFY):
+        what = "call" if kind == _CALL else "notify"
+        method, args, kwargs, meta = _check_call_fields(m, n, id_, what)
+        if meta:
+            deadline, headers, retry = _meta_fields(meta, id_)
+        else:
+            deadline, headers, retry = None, None, False
+        if kind == _CALL:
+            return Call(id_, method, args, kwargs, deadline, headers, retry)
+        return Notify(id_, method, args, kwargs, deadline, headers)
     if kind == Kind.ERROR:
         if n < 4 or type(m[3]) is not dict:
             raise BadMessage("error needs 4 items [version, kind, id, {code, type, message, ...}]", id_)
