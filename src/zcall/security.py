@@ -22,6 +22,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,30 @@ class _Authenticator(ThreadAuthenticator):
         self.zap_socket.send_multipart([_ZAP_VERSION, request_id, status, reason, b"", b""])
 
 
+def _start_authenticator(ctx: zmq.Context) -> _Authenticator:
+    """Start a ZAP thread; retry briefly while the last one's inproc names are still being released.
+
+    libzmq closes sockets asynchronously, so ``inproc://zeromq.zap.01`` (and the pipe name, derived from
+    an object id that may be reused) can still be taken for a moment after the previous thread stopped.
+    """
+    deadline = time.monotonic() + 2.0
+    failed: list[_Authenticator] = []  # kept alive so a retry does not reuse the same id (pipe name)
+    while True:
+        auth = _Authenticator(ctx)
+        try:
+            auth.start()
+            return auth
+        except zmq.ZMQError as exc:
+            auth.stop()
+            failed.append(auth)
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"cannot start zcall's ZAP authenticator ({exc}): another ZAP handler runs on this "
+                    "zmq.Context; give zcall servers their own context=zmq.Context()"
+                ) from None
+            time.sleep(0.005)  # waiting for libzmq's reaper to release the name: no event to wait on
+
+
 class _Registry:
     """One authenticator per context, counted by the secured sockets that use it."""
 
@@ -239,15 +264,7 @@ class _Registry:
         with self._lock:
             entry = self._auths.get(id(ctx))
             if entry is None:
-                auth = _Authenticator(ctx)
-                try:
-                    auth.start()
-                except zmq.ZMQError as exc:
-                    auth.stop()
-                    raise RuntimeError(
-                        f"cannot start zcall's ZAP authenticator ({exc}): another ZAP handler already runs "
-                        "on this zmq.Context; give zcall servers their own context=zmq.Context()"
-                    ) from None
+                auth = _start_authenticator(ctx)
                 auth.thread.name = "zcall-zap"
                 self._auths[id(ctx)] = (ctx, auth)
             else:
