@@ -30,7 +30,7 @@ from .metrics import CallToken, Outcome
 from .protocol import PROTOCOL_VERSION, Call, Cancel, ErrorRecord, Kind, Notify, Ping
 from .replycache import IN_PROGRESS
 from .service import Method, Rejected, Service
-from .sockets import DEFAULT_BIND, apply_size_limit, bind, close_quietly
+from .sockets import DEFAULT_BIND, apply_size_limit, bind, close_quietly, release_endpoint
 from .status import StatusCode
 
 if TYPE_CHECKING:
@@ -229,6 +229,8 @@ class AsyncServer:
         self._in_flight.clear()
         if self._reader is not None:
             self._reader.stop()
+        if self._sock is not None and self._endpoint is not None:
+            release_endpoint(self._sock, self._endpoint)  # the port is free once we return
         close_quietly(self._sock, linger_ms=int(min(grace, 1.0) * 1000))
         if self._release_security is not None:
             self._release_security()  # after the close: a CURVE socket without ZAP would admit anyone

@@ -6,7 +6,14 @@ from collections.abc import Sequence
 
 import zmq
 
-__all__ = ["DEFAULT_BIND", "apply_size_limit", "bind", "close_quietly", "normalize_endpoints"]
+__all__ = [
+    "DEFAULT_BIND",
+    "apply_size_limit",
+    "bind",
+    "close_quietly",
+    "normalize_endpoints",
+    "release_endpoint",
+]
 
 DEFAULT_BIND = "tcp://127.0.0.1:*"
 """Where servers bind unless told otherwise: loopback only, on a port the OS picks."""
@@ -32,6 +39,29 @@ def apply_size_limit(sock: zmq.Socket, max_message_size: int) -> None:
     with MESSAGE_TOO_LARGE (the sender learns why); beyond, libzmq never buffers them at all.
     """
     sock.setsockopt(zmq.MAXMSGSIZE, 2 * max_message_size)
+
+
+def release_endpoint(sock: zmq.Socket, endpoint: str, timeout_ms: int = 1000) -> None:
+    """Unbind ``endpoint`` and wait until libzmq has closed the listener, so the port is free on return.
+
+    ``close()`` frees a bound port later, in libzmq's reaper thread: a server restarted on the same port
+    right after ``stop()`` could fail with EADDRINUSE. The monitor's CLOSED event says when it is free.
+    """
+    if endpoint.startswith("inproc://"):
+        return
+    monitor = sock.get_monitor_socket(zmq.EVENT_CLOSED)
+    try:
+        sock.unbind(endpoint)
+        if monitor.poll(timeout_ms):
+            monitor.recv_multipart()
+    except zmq.ZMQError:
+        pass
+    finally:
+        try:
+            sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        monitor.close(linger=0)
 
 
 def close_quietly(sock: zmq.Socket | None, linger_ms: int = DEFAULT_LINGER_MS) -> None:
