@@ -46,6 +46,7 @@ class Peer:
         peers: dict[str, str | Sequence[str]] | None = None,
         timeout: float = 5.0,
         max_in_flight: int = 1000,
+        workers: int | None = None,
         context: zmq.Context | None = None,
         codec: Codec = default_codec,
         security: ServerSecurity | None = None,
@@ -53,6 +54,8 @@ class Peer:
     ) -> None:
         self.name = name
         self.service = service if service is not None else Service(name)
+        self.workers = workers
+        """Threads for blocking handlers; a blocking handler waiting on a nested call holds one."""
         self.security = security
         """CURVE for this peer: its key pair serves callers and calls other peers (they must allow it)."""
         self.peer_keys = None if peer_keys is None else Path(peer_keys)
@@ -99,6 +102,7 @@ class Peer:
             self.service,
             self.bind,
             max_in_flight=self._max_in_flight,
+            workers=self.workers,
             context=self._ctx,
             codec=self._codec,
             security=self.security,
@@ -126,13 +130,13 @@ class Peer:
     def serve_forever(self, grace: float = 5.0) -> None:
         """Start, then block until Ctrl-C or SIGTERM, then stop with ``grace``."""
         self.start()
-        stop = threading.Event()
         previous = None
         if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGTERM, lambda *a: stop.set())
+            # raise from the handler, never take a lock in it (Event.set() can deadlock when a second
+            # signal lands while the first handler holds the Event's lock)
+            previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
-            while not stop.wait(0.5):
-                pass
+            threading.Event().wait()
         except KeyboardInterrupt:
             pass
         finally:
