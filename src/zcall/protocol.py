@@ -90,10 +90,18 @@ class ErrorRecord:
     def from_exception(
         cls, exc: BaseException, code: StatusCode = StatusCode.HANDLER_ERROR, with_traceback: bool = True
     ) -> ErrorRecord:
-        """Describe an exception a handler raised (type as ``module.Name`` unless a builtin)."""
+        """Describe an exception a handler raised (type as ``module.Name`` unless a builtin).
+
+        A ``RemoteError`` from a nested call keeps the remote type and message (and its remote traceback
+        after the local one), so the caller sees what really failed, not a wrapper of a wrapper."""
+        tb = "".join(_tb.format_exception(exc)) if with_traceback else None
+        if isinstance(exc, RemoteError):
+            where = f" (in nested call {exc.method!r})" if exc.method else ""
+            if tb is not None and exc.traceback:
+                tb += "\nRemote traceback:\n" + exc.traceback
+            return cls(code, exc.type, exc.message + where, tb, exc.data)
         t = type(exc)
         name = t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
-        tb = "".join(_tb.format_exception(exc)) if with_traceback else None
         return cls(code, name, str(exc), tb)
 
 
