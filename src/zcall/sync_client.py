@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["CallOptions", "SyncClient"]
 
 DEFAULT_TIMEOUT = 5.0
+_RCVTIMEO = zmq.RCVTIMEO
 _OK = int(Outcome.OK)
 _CURVE_HINT = (
     "with CURVE, a client key the server does not allow or a wrong server key also ends here: "
@@ -69,7 +70,7 @@ class SyncClient:
         self._codec = codec
         self._ids = IdSource()
         self._lock = threading.Lock()
-        self._idle: dict[str, list[zmq.Socket]] = {ep: [] for ep in self.endpoints}
+        self._idle: dict[str, list[_Req]] = {ep: [] for ep in self.endpoints}
         self._order = list(self.endpoints)  # healthiest first
         self._closed = False
         self.counters = {"calls": 0, "attempts": 0, "timeouts": 0, "stale_replies": 0, "sockets_opened": 0}
@@ -109,9 +110,9 @@ class SyncClient:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, {}
-        for socks in idle.values():
-            for s in socks:
-                close_quietly(s)
+        for reqs in idle.values():
+            for req in reqs:
+                close_quietly(req.sock)
 
     def statistics(self) -> dict[str, Any]:
         """Counters (calls, attempts, timeouts, stale replies, sockets opened) and per-method metrics."""
@@ -131,7 +132,7 @@ class SyncClient:
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _acquire(self, ep: str) -> zmq.Socket:
+    def _acquire(self, ep: str) -> _Req:
         with self._lock:
             if self._closed:
                 raise ClientClosed("SyncClient is closed")
@@ -145,14 +146,14 @@ class SyncClient:
         if self._security is not None:
             self._security.apply(s)
         s.connect(ep)
-        return s
+        return _Req(s)
 
-    def _release(self, ep: str, sock: zmq.Socket) -> None:
+    def _release(self, ep: str, req: _Req) -> None:
         with self._lock:
             if not self._closed:
-                self._idle[ep].append(sock)
+                self._idle[ep].append(req)
                 return
-        close_quietly(sock)
+        close_quietly(req.sock)
 
     def _demote(self, ep: str) -> None:
         with self._lock:
@@ -190,26 +191,26 @@ class SyncClient:
         headers: dict[str, Any] | None,
     ) -> Any:
         rid = self._ids.next()
-        order = list(self._order)
-        attempts = max(retries + 1, len(order))
-        # retry=True asks the server to keep the reply, so a resend is answered without running twice
-        deadline_ms = max(1, int(timeout * 1000))  # 0 would mean "already expired"
-        frame = call_frame(rid, method, args, kwargs, deadline_ms, headers, self._codec, attempts > 1)
+        order = self._order if len(self._order) == 1 else list(self._order)  # a snapshot: we demote
+        n = len(order)
+        attempts = max(retries + 1, n)
+        # 0 would mean "already expired"; the same number bounds our wait for the reply
         timeout_ms = max(1, int(timeout * 1000))
+        # retry=True asks the server to keep the reply, so a resend is answered without running twice
+        frame = call_frame(rid, method, args, kwargs, timeout_ms, headers, self._codec, attempts > 1)
         counters = self.counters
         counters["calls"] += 1
-        tried: list[str] = []
         start = time.monotonic()
         for attempt in range(attempts):
-            ep = order[attempt % len(order)]
-            if ep not in tried:
-                tried.append(ep)
+            ep = order[attempt % n]
             counters["attempts"] += 1
-            sock = self._acquire(ep)
+            req = self._acquire(ep)
+            sock = req.sock
             ok = False
             try:
-                if sock.rcvtimeo != timeout_ms:
-                    sock.rcvtimeo = timeout_ms
+                if req.timeout_ms != timeout_ms:  # pyzmq's sock.rcvtimeo getter costs microseconds
+                    sock.setsockopt(_RCVTIMEO, timeout_ms)
+                    req.timeout_ms = timeout_ms
                 sock.send(frame)
                 try:
                     data = sock.recv()
@@ -227,7 +228,7 @@ class SyncClient:
                         counters["stale_replies"] += 1
             finally:
                 if ok:
-                    self._release(ep, sock)
+                    self._release(ep, req)
                 else:
                     close_quietly(sock)  # Lazy Pirate: never reuse a REQ socket that missed a reply
             if ok:
@@ -236,6 +237,7 @@ class SyncClient:
                 if type(msg) is ErrorReply:
                     if msg.error.code == StatusCode.DEADLINE_EXCEEDED:  # as the async client: a timeout
                         detail = "server dropped it: deadline passed"
+                        tried = order[: min(attempt + 1, n)]
                         raise CallTimeout(method, tried, attempt + 1, time.monotonic() - start, detail)
                     raise msg.error.to_exception(method)
                 raise RemoteError(f"unexpected {type(msg).__name__} in reply to a call", method=method)
@@ -245,7 +247,17 @@ class SyncClient:
                 raise ClientClosed("SyncClient was closed during the call")
         # A REQ socket cannot see handshake events: a refused key looks like a silent server.
         detail = "" if self._security is None else _CURVE_HINT
-        raise CallTimeout(method, tried, attempts, time.monotonic() - start, detail)
+        raise CallTimeout(method, order[: min(attempts, n)], attempts, time.monotonic() - start, detail)
+
+
+class _Req:
+    """A pooled REQ socket and the receive timeout last set on it (reading it back is slow)."""
+
+    __slots__ = ("sock", "timeout_ms")
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self.timeout_ms = -1
 
 
 class CallOptions:
