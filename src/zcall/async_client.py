@@ -9,7 +9,8 @@ sockets; they differ only in the future they hand back:
   ``concurrent.futures.Future``. Callbacks run on the client's loop thread (or at once, in the caller's
   thread, when registered on a finished future); an exception inside one is logged, never lost.
 
-One DEALER per endpoint, with ZMQ_IMMEDIATE so nothing queues towards a server that is not connected: a
+One DEALER per endpoint; calls go only to connections the monitor reports up, so nothing queues towards
+a server that is not connected (not ZMQ_IMMEDIATE: on a disconnect it discards replies not yet read): a
 call waits (until its deadline) for a connection, calls spread round-robin over connected servers, and
 when a connection drops the calls pending on it fail with ``ConnectionLost`` at once (or are resent, for
 calls marked idempotent).
@@ -133,7 +134,7 @@ class _Channel:
         ctx, loop = client._ctx, client._loop
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.IMMEDIATE, 0)  # 1 would drop replies still unread when the server hangs up
         apply_size_limit(sock, client._codec.max_message_size)
         if client._heartbeat is not None:
             client._heartbeat.apply(sock)
@@ -870,6 +871,14 @@ class AsyncClient:
         self._tick_handle = self._loop.call_later(hb.interval, self._tick)
 
     def _connection_lost(self, ch: _Channel) -> None:
+        # The monitor is a separate socket: replies that came in just before the disconnect may still
+        # be queued on the DEALER. Take them first, or their calls would fail with ConnectionLost.
+        while True:
+            try:
+                frames = ch.sock.recv_multipart(_NOBLOCK)
+            except zmq.ZMQError:
+                break
+            self._on_frames(ch, frames)
         lost = [p for p in self._pending.values() if p.channel is ch]
         for p in lost:
             if p.idempotent:
