@@ -44,6 +44,7 @@ SUBSCRIBE_METHOD = "zcall.subscribe"
 """NOTIFY a client sends to tell a server which event topics it wants (protocol plumbing)."""
 
 DEFAULT_MAX_IN_FLIGHT = 1000
+_SWEEP_MIN = 64  # the subscriber table is never swept for gone clients below this size
 _CANCELLED = int(Outcome.CANCELLED)
 _EVENT_HEAD = bytes([0x95, PROTOCOL_VERSION, Kind.EVENT])  # msgpack fixarray(5), version, kind
 
@@ -102,6 +103,7 @@ class AsyncServer:
         self._uses_engine = False
         # routing id -> [envelope, topic patterns, last event sequence number sent to it]
         self._subscribers: dict[bytes, list[Any]] = {}
+        self._sweep_at = _SWEEP_MIN  # table size at which gone subscribers are swept out
         self._send_errno = 0  # errno of the last failed _send (EAGAIN: slow peer, EHOSTUNREACH: gone)
         self.counters = {"undeliverable": 0, "overloaded": 0, "cancelled": 0, "events_sent": 0}
 
@@ -465,6 +467,18 @@ class AsyncServer:
         if not self._in_flight and self._closing and self._idle is not None:
             self._idle.set()
 
+    def _sweep_subscribers(self) -> None:
+        """Forget subscribers that are gone, even those no event would reach: run when the table doubles,
+        it keeps it within twice the live ones. An empty body (receivers ignore it) probes each; under
+        ROUTER_MANDATORY it fails at once with EHOSTUNREACH for a routing id that has disconnected."""
+        for ident, sub in list(self._subscribers.items()):
+            try:
+                self._sock.send_multipart([*sub[0], b""], _NOBLOCK)  # type: ignore[union-attr]
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.EHOSTUNREACH:
+                    del self._subscribers[ident]
+        self._sweep_at = max(_SWEEP_MIN, 2 * len(self._subscribers))
+
     def _notify(self, envelope: list[bytes], msg: Notify) -> None:
         if msg.method == SUBSCRIBE_METHOD:
             wanted = msg.args[0] if msg.args else []
@@ -472,6 +486,8 @@ class AsyncServer:
             if patterns:
                 old = self._subscribers.get(envelope[0])
                 self._subscribers[envelope[0]] = [envelope, patterns, old[2] if old else 0]
+                if len(self._subscribers) >= self._sweep_at:
+                    self._sweep_subscribers()
             else:
                 self._subscribers.pop(envelope[0], None)
             return
