@@ -6,6 +6,7 @@ from .async_client import AsyncClient
 from .async_server import AsyncServer
 from .codec import Codec, register_type
 from .errors import (
+    AuthenticationFailed,
     Backpressure,
     CallTimeout,
     ClientClosed,
@@ -22,6 +23,7 @@ from .errors import (
 )
 from .peer import Peer
 from .protocol import PROTOCOL_VERSION
+from .security import ClientSecurity, ServerSecurity
 from .service import Service
 from .status import StatusCode
 from .sync_client import SyncClient
@@ -33,9 +35,11 @@ __all__ = [
     "PROTOCOL_VERSION",
     "AsyncClient",
     "AsyncServer",
+    "AuthenticationFailed",
     "Backpressure",
     "CallTimeout",
     "ClientClosed",
+    "ClientSecurity",
     "Codec",
     "ConnectionLost",
     "DeadlineExceeded",
@@ -47,6 +51,7 @@ __all__ = [
     "RemoteError",
     "SerializationError",
     "ServerBusy",
+    "ServerSecurity",
     "Service",
     "StatusCode",
     "SyncClient",
