@@ -133,12 +133,15 @@ class SyncClient:
     # -- internals ---------------------------------------------------------------------------------
 
     def _acquire(self, ep: str) -> _Req:
+        if self._closed:
+            raise ClientClosed("SyncClient is closed")
+        try:
+            return self._idle[ep].pop()  # list.pop is atomic: no lock on the hot path
+        except (IndexError, KeyError):
+            pass
         with self._lock:
             if self._closed:
                 raise ClientClosed("SyncClient is closed")
-            socks = self._idle[ep]
-            if socks:
-                return socks.pop()
             self.counters["sockets_opened"] += 1
         s = self._ctx.socket(zmq.REQ)
         s.setsockopt(zmq.LINGER, 0)
@@ -149,10 +152,15 @@ class SyncClient:
         return _Req(s)
 
     def _release(self, ep: str, req: _Req) -> None:
-        with self._lock:
+        idle = self._idle.get(ep)
+        if idle is not None and not self._closed:
+            idle.append(req)  # atomic; a close() racing with us is caught just below
             if not self._closed:
-                self._idle[ep].append(req)
                 return
+            try:
+                idle.remove(req)
+            except ValueError:
+                return  # close() took it and closes it
         close_quietly(req.sock)
 
     def _demote(self, ep: str) -> None:

@@ -31,6 +31,7 @@ __all__ = ["SyncServer"]
 log = logging.getLogger("zcall.server")
 
 _RCVMORE = zmq.RCVMORE
+_PLAIN = frozenset((int, float, str, bytes, bool, list, dict, type(None)))  # never awaitable: skip the check
 
 _server_numbers = itertools.count(1)  # names each server's inproc stop address; never reused
 
@@ -245,7 +246,7 @@ class SyncServer:
             token = d.metrics.started(method.name)
             try:
                 result = method.fn(*msg.args, **msg.kwargs)  # type: ignore[union-attr]
-                if inspect.isawaitable(result):
+                if method.is_coroutine or (type(result) not in _PLAIN and inspect.isawaitable(result)):
                     result = self._run_coroutine(result)
             except Exception as exc:
                 frame = d.exception_frame(msg.id, method.name, exc, token)
