@@ -46,7 +46,7 @@ from .errors import (
 from .ids import IdSource
 from .liveness import DEFAULT_HEARTBEAT, Heartbeat, State
 from .metrics import CallToken, Metrics, Outcome, outcome_for_status
-from .protocol import Event, Kind, Notify, call_frame, decode, encode
+from .protocol import ErrorReply, Event, Kind, Notify, Pong, Reply, call_frame, decode, encode
 from .sockets import apply_size_limit, close_quietly, normalize_endpoints
 from .status import StatusCode
 
@@ -704,13 +704,13 @@ class AsyncClient:
                 self._finish(p, _ERROR)
                 _fail(p.fut, exc)
             return
-        kind = type(msg).__name__
-        if kind == "Reply" or kind == "ErrorReply":
+        kind = type(msg)
+        if kind is Reply or kind is ErrorReply:
             p = self._pending.pop(msg.id, None)
             if p is None:
                 self.counters["stale_replies"] += 1
                 return
-            if kind == "Reply":
+            if kind is Reply:
                 self._finish(p, _OK)
                 self.counters["replies"] += 1
                 _succeed(p.fut, msg.result)  # type: ignore[union-attr]
@@ -729,9 +729,9 @@ class AsyncClient:
                 else:
                     exc2 = err.to_exception(p.method)
                 _fail(p.fut, exc2)
-        elif kind == "Event":
+        elif kind is Event:
             self._on_event(ch, msg)  # type: ignore[arg-type]
-        elif kind == "Pong":
+        elif kind is Pong:
             ch.ping_out = False
 
     def _finish(self, p: _Pending, outcome: int) -> None:
