@@ -104,6 +104,7 @@ class AsyncServer:
         # routing id -> [envelope, topic patterns, last event sequence number sent to it]
         self._subscribers: dict[bytes, list[Any]] = {}
         self._sweep_at = _SWEEP_MIN  # table size at which gone subscribers are swept out
+        self._notifying = 0  # one-way calls queued or running (bounded by max_in_flight too)
         self._send_errno = 0  # errno of the last failed _send (EAGAIN: slow peer, EHOSTUNREACH: gone)
         self.counters = {"undeliverable": 0, "overloaded": 0, "cancelled": 0, "events_sent": 0}
 
@@ -499,9 +500,15 @@ class AsyncServer:
             return
         if self._closing:
             return
+        if not method.inline or method.is_coroutine:  # work that queues: bounded like calls
+            if len(self._in_flight) + self._notifying >= self.max_in_flight:
+                self.counters["overloaded"] += 1  # no one to tell: dropped, counted
+                return
+            self._notifying += 1
         if method.is_coroutine:
             task = self._loop.create_task(method.fn(*msg.args, **msg.kwargs))  # type: ignore[union-attr]
             task.add_done_callback(_log_notify_failure(msg.method))
+            task.add_done_callback(self._notify_done)
         elif method.inline:
             try:
                 method.fn(*msg.args, **msg.kwargs)
@@ -514,6 +521,10 @@ class AsyncServer:
                 )
             f = self._loop.run_in_executor(self._pool, _run_blocking, method.fn, msg.args, msg.kwargs, None)  # type: ignore[union-attr]
             f.add_done_callback(_log_notify_failure(msg.method))
+            f.add_done_callback(self._notify_done)
+
+    def _notify_done(self, _f: asyncio.Future[Any]) -> None:
+        self._notifying -= 1
 
 
 def _run_blocking(fn: Callable[..., Any], args: Any, kwargs: dict[str, Any], deadline: float | None) -> Any:
