@@ -275,6 +275,22 @@ def test_full_server_answers_overloaded_instead_of_stalling(ctx: zmq.Context) ->
         assert client.call_async("echo", "room again").result(5) == "room again"
 
 
+@pytest.mark.timeout(20)
+def test_notify_flood_is_bounded_by_max_in_flight_not_queued_without_limit(ctx: zmq.Context) -> None:
+    """One-way calls get no OVERLOADED answer, but they must not pile up in the worker queue either."""
+    limit, flood = 4, 100
+    with serving(ctx, max_in_flight=limit, workers=2) as (server, holder):
+        with contextlib.closing(dealer(ctx, server.endpoint)) as s:
+            for i in range(flood):
+                s.send_multipart(frame(i + 1, "nap", 0.3, kind=NOTIFY))
+            s.send_multipart([b"", msgpack.packb([1, 6, 999])])  # PING: the loop has read the flood
+            assert answer(s)[:3] == [1, 7, 999]
+        refused = server.statistics()["overloaded"]
+        print(f"\n{flood} notifies at max_in_flight={limit}: {refused} refused")
+        assert refused >= flood - limit
+        wait_until(lambda: holder.naps == flood - refused, 5, "the admitted notifies to run")
+
+
 # -- ZMQ_IMMEDIATE --------------------------------------------------------------------------------------
 
 

@@ -38,9 +38,12 @@ class Holder:
 
     server: Any = None
     started: threading.Event
+    naps: int  # how many times ``nap`` ran
 
     def __init__(self) -> None:
         self.started = threading.Event()
+        self.naps = 0
+        self.lock = threading.Lock()
 
 
 def make_service() -> tuple[zcall.Service, Holder]:
@@ -61,6 +64,8 @@ def make_service() -> tuple[zcall.Service, Holder]:
     @svc.method
     def nap(seconds: float) -> float:
         """Sleep ``seconds`` in a worker thread (sets ``holder.started`` first) and return them."""
+        with holder.lock:
+            holder.naps += 1
         holder.started.set()
         time.sleep(seconds)
         return seconds
