@@ -175,6 +175,23 @@ def test_exception_in_a_callback_is_logged_and_counted_and_the_client_goes_on(
     assert client.call_async("triple", 5).result(5) == 15
 
 
+def test_a_callback_can_make_the_next_call(client: zcall.AsyncClient) -> None:
+    """Callbacks run on the client's loop thread; calling from there must not deadlock or reorder."""
+    seen: list[object] = []
+    done = threading.Event()
+
+    def step(result: object) -> None:
+        seen.append(result)
+        if len(seen) < 5:
+            client.call_async("triple", result, callback=step, errback=step)
+        else:
+            done.set()
+
+    client.call_async("triple", 1, callback=step, errback=step)
+    assert done.wait(5), seen
+    assert seen == [3, 9, 27, 81, 243]
+
+
 # -- errors: the same records as the sync face --------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ import pytest
 
 import zcall
 from helpers.async_services import Probe
-from helpers.async_support import flush_loop, served, served_on_own_loop
+from helpers.async_support import flush_loop, served, served_on_own_loop, wait_until
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -205,3 +205,29 @@ def test_slow_subscriber_loses_events_at_a_full_queue_but_keeps_its_subscription
         n = len([t for t, _ in got.events if t == "flood.n"])
         assert n == 6000 - dropped
         assert c.statistics()["events_missed"] >= dropped  # the gap is seen and counted
+
+
+def test_subscriptions_are_renewed_when_the_server_restarts() -> None:
+    """A restarted server knows no subscribers: the client subscribes again on the new connection."""
+    got = Collector()
+    with served() as (first, _):
+        endpoint = first.endpoint
+        c = zcall.AsyncClient(endpoint, timeout=5.0)
+        try:
+            c.on("news.*", got)
+            subscribed(c)
+            first.publish("news.1", 1)
+            got.wait_for(1)
+        except BaseException:
+            c.close()
+            raise
+    try:
+        # A call sent before the client has seen the disconnect would fail with ConnectionLost.
+        wait_until(lambda: not c.statistics()["connected"], what="client sees the disconnect")
+        with served(endpoint) as (second, _):
+            subscribed(c)  # waits for the new connection; the SUBSCRIBE goes out before this call
+            second.publish("news.2", 2)
+            assert got.wait_for(2) == [("news.1", 1), ("news.2", 2)]
+            assert c.statistics()["events_missed"] == 0  # numbering restarts with the connection
+    finally:
+        c.close()
