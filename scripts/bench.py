@@ -172,6 +172,18 @@ def zcall_seq_double(endpoint: str) -> Driver:
     return SeqDriver(one, client.close)
 
 
+def zcall_seq(endpoint: str, method: str, args: list[Any], expect: Any) -> Driver:
+    """``zcall.SyncClient.call(method, *args)`` one at a time (the sync face of the slow workload)."""
+    client = zcall.SyncClient(endpoint, timeout=RECV_TIMEOUT_MS / 1000)
+    call = client.call
+
+    def one() -> None:
+        if call(method, *args) != expect:
+            raise BenchError(f"zcall {method} returned a wrong result")
+
+    return SeqDriver(one, client.close)
+
+
 def zcall_seq_echo(endpoint: str) -> Driver:
     """``zcall.SyncClient.call("echo", data)`` with 64 KiB, length checked."""
     client = zcall.SyncClient(endpoint, timeout=RECV_TIMEOUT_MS / 1000)
@@ -240,6 +252,107 @@ class PipelinedRaw:
         self.sock.close()
 
 
+class PipelinedAsyncio:
+    """``await client.call(method, *args)`` from ``inflight`` coroutines on one asyncio loop.
+
+    Each coroutine makes calls back to back until the budget is spent, so ``inflight`` calls are always
+    outstanding, as in the raw pipelined loop; latency is each await, send to result.
+    """
+
+    def __init__(self, endpoint: str, method: str, args: list[Any], expect: Any, inflight: int) -> None:
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        self.method, self.args, self.expect, self.inflight = method, args, expect, inflight
+
+        async def make() -> zcall.AsyncClient:
+            return zcall.AsyncClient(endpoint, timeout=RECV_TIMEOUT_MS / 1000)
+
+        self.client = self.loop.run_until_complete(make())
+        self.run(Budget(calls=1))
+
+    def run(self, budget: Budget) -> Sample:
+        import asyncio
+
+        return self.loop.run_until_complete(self._run(budget, asyncio))
+
+    async def _run(self, budget: Budget, asyncio: Any) -> Sample:
+        pc = time.perf_counter_ns
+        call, method, args, expect = self.client.call, self.method, self.args, self.expect
+        lat: list[int] = []
+        left = [budget.calls if budget.calls is not None else sys.maxsize]
+        start = pc()
+        stop = start + int(budget.seconds * 1e9) if budget.calls is None and budget.seconds else None
+
+        async def worker() -> None:
+            while left[0] > 0 and (stop is None or pc() < stop):
+                left[0] -= 1
+                t = pc()
+                if await call(method, *args) != expect:
+                    raise BenchError(f"zcall {method} returned a wrong result")
+                lat.append(pc() - t)
+
+        await asyncio.gather(*(worker() for _ in range(min(self.inflight, left[0]))))
+        return Sample(len(lat), (pc() - start) / 1e9, lat)
+
+    def close(self) -> None:
+        self.client.close()
+        self.loop.close()
+
+
+class PipelinedCallbacks:
+    """``client.call_async(method, *args, callback=...)`` from this (plain) thread, ``inflight`` at a time.
+
+    A semaphore bounds the calls outstanding; each callback (on zcall's engine thread) records the
+    latency and frees a slot, so the caller refills at once, as in the raw pipelined loop.
+    """
+
+    def __init__(self, endpoint: str, method: str, args: list[Any], expect: Any, inflight: int) -> None:
+        self.client = zcall.AsyncClient(endpoint, timeout=RECV_TIMEOUT_MS / 1000)
+        self.method, self.args, self.expect, self.inflight = method, args, expect, inflight
+        self.run(Budget(calls=1))
+
+    def run(self, budget: Budget) -> Sample:
+        import threading
+
+        pc = time.perf_counter_ns
+        call_async, method, args, expect = self.client.call_async, self.method, self.args, self.expect
+        slots = threading.Semaphore(self.inflight)
+        lat: list[int] = []
+        errors: list[BaseException] = []
+        limit = budget.calls if budget.calls is not None else sys.maxsize
+        start = pc()
+        stop = start + int(budget.seconds * 1e9) if budget.calls is None and budget.seconds else None
+
+        def done_at(t: int) -> Callable[[Any], None]:
+            def callback(result: Any) -> None:
+                lat.append(pc() - t)
+                if result != expect:
+                    errors.append(BenchError(f"zcall {method} returned {result!r}"))
+                slots.release()
+
+            return callback
+
+        def errback(exc: BaseException) -> None:
+            errors.append(exc)
+            slots.release()
+
+        n = 0
+        while n < limit and (stop is None or pc() < stop):
+            slots.acquire()
+            call_async(method, *args, callback=done_at(pc()), errback=errback)
+            n += 1
+        for _ in range(self.inflight):  # wait for the last ones
+            if not slots.acquire(timeout=RECV_TIMEOUT_MS / 1000):
+                raise BenchError("callback face: replies missing at the end of the run")
+        if errors:
+            raise BenchError(f"callback face: {errors[0]!r}")
+        return Sample(len(lat), (pc() - start) / 1e9, lat)
+
+    def close(self) -> None:
+        self.client.close()
+
+
 # -- the registry -----------------------------------------------------------------------------------
 
 
@@ -295,7 +408,16 @@ WORKLOADS: dict[str, Workload] = {
                     lambda ep: PipelinedRaw(ep, "double", [21], 42, inflight=64),
                     floor=True,
                 ),
-                # zcall rows go here: the asyncio face and the callback face against the ROUTER server.
+                Row(
+                    "zcall-asyncio",
+                    "zcall_async",
+                    lambda ep: PipelinedAsyncio(ep, "double", [21], 42, inflight=64),
+                ),
+                Row(
+                    "zcall-callback",
+                    "zcall_async",
+                    lambda ep: PipelinedCallbacks(ep, "double", [21], 42, inflight=64),
+                ),
             ),
         ),
         Workload(
@@ -308,7 +430,17 @@ WORKLOADS: dict[str, Workload] = {
                     lambda ep: PipelinedRaw(ep, "slow", [], None, inflight=200),
                     floor=True,
                 ),
-                # zcall rows go here: sync (200 x 10 ms one by one) and async (all 200 at once).
+                Row(
+                    "zcall-asyncio",
+                    "zcall_async",
+                    lambda ep: PipelinedAsyncio(ep, "aslow", [], None, inflight=200),
+                ),
+                Row(
+                    "zcall-callback",
+                    "zcall_async",
+                    lambda ep: PipelinedCallbacks(ep, "aslow", [], None, inflight=200),
+                ),
+                Row("zcall-sync", "zcall_sync", lambda ep: zcall_seq(ep, "slow", [], None)),
             ),
             fixed_calls=200,
             quick_calls=20,

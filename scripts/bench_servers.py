@@ -137,6 +137,19 @@ def serve_zcall_sync(bind: str) -> tuple[str, Callable[[], None]]:
     return server.endpoint, server.stop
 
 
+def serve_zcall_async(bind: str) -> tuple[str, Callable[[], None]]:
+    """``zcall.AsyncServer`` (ROUTER) on zcall's engine thread; ``double``/``echo`` declared inline (fast)."""
+    import zcall
+
+    service = zcall.Service("bench")
+    service.add(double, inline=True)  # fast, non-blocking: may run on the loop, as the floor runs it
+    service.add(echo, inline=True)
+    service.add(slow)  # blocking: the thread pool
+    service.add(aslow)  # a coroutine: a task on the loop
+    server = zcall.AsyncServer(service, bind).start()
+    return server.endpoint, server.stop
+
+
 # -- process plumbing -------------------------------------------------------------------------------
 
 RawLoop = Callable[[Callable[[zmq.Socket], None]], None]
@@ -149,6 +162,7 @@ RAW: dict[str, RawLoop] = {
 
 ZCALL: dict[str, Callable[[str], tuple[str, Callable[[], None]]]] = {
     "zcall_sync": serve_zcall_sync,
+    "zcall_async": serve_zcall_async,
 }
 """zcall servers: start serving in the background, return ``(endpoint, stop)``. Add async ones here."""
 

@@ -60,8 +60,10 @@ log = logging.getLogger("zcall.client")
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_IN_FLIGHT = 1000
 
-_NOBLOCK = zmq.NOBLOCK
-_SNDMORE = zmq.SNDMORE
+# plain ints: combining pyzmq's enum flags (NOBLOCK | SNDMORE) costs about a microsecond each time
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_NOBLOCK_SNDMORE = _NOBLOCK | _SNDMORE
 _REPLY = Kind.REPLY
 _ERROR = Kind.ERROR
 _OK = int(Outcome.OK)
@@ -253,7 +255,7 @@ class AsyncClient:
         """Per remote method: calls, outcomes, latency, throughput, availability (``statistics()``)."""
         self._pending: dict[int, _Pending] = {}
         self._waiting: collections.deque[tuple[_Pending | None, bytes, float]] = collections.deque()
-        self._inbox: collections.deque[Callable[[], None]] = collections.deque()
+        self._inbox: collections.deque[Callable[[], None] | _Pending] = collections.deque()
         self._inbox_scheduled = False
         self._handlers: dict[str, list[Callable[[str, Any], Any]]] = {}
         self._channels: list[_Channel] = []
@@ -357,10 +359,7 @@ class AsyncClient:
         Raises ``Backpressure`` at once when ``max_in_flight`` calls are already pending (this face never
         blocks). ``callback``/``errback`` are zcall's: a remote keyword with those names needs ``options``.
         """
-        fut = self._submit(method, args, kwargs, self.timeout, self.headers, False)
-        if callback is not None or errback is not None:
-            self._attach(fut, method, callback, errback)
-        return fut
+        return self._submit(method, args, kwargs, self.timeout, self.headers, False, callback, errback)
 
     def _submit(
         self,
@@ -370,6 +369,8 @@ class AsyncClient:
         timeout: float,
         headers: dict[str, Any] | None,
         idempotent: bool,
+        callback: Callable[[Any], Any] | None = None,
+        errback: Callable[[BaseException], Any] | None = None,
     ) -> concurrent.futures.Future[Any]:
         if self._closed:
             raise ClientClosed("AsyncClient is closed")
@@ -387,38 +388,38 @@ class AsyncClient:
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         deadline = self._loop.time() + timeout
         p = _Pending(rid, method, fut, frame, deadline, idempotent, False)
-        fut.add_done_callback(lambda f: self._on_cf_done(p, f))
-        self._run_soon(lambda: self._start(p))
+        # One done-callback does both jobs: tidy up a user's cancel, and run callback/errback.
+        has_callbacks = callback is not None or errback is not None
+
+        def done(f: concurrent.futures.Future[Any]) -> None:
+            if f.cancelled():  # cancelled by the user, maybe from another thread: tidy up on the loop
+                self._run_soon(lambda: self._cancel_from_user(p))
+            elif has_callbacks:
+                self._run_callbacks(f, method, callback, errback)
+
+        fut.add_done_callback(done)
+        self._run_soon(p)
         return fut
 
-    def _attach(
+    def _run_callbacks(
         self,
-        fut: concurrent.futures.Future[Any],
+        f: concurrent.futures.Future[Any],
         method: str,
         callback: Callable[[Any], Any] | None,
         errback: Callable[[BaseException], Any] | None,
     ) -> None:
-        def done(f: concurrent.futures.Future[Any]) -> None:
-            if f.cancelled():
-                return
-            exc = f.exception()
-            try:
-                if exc is None:
-                    if callback is not None:
-                        callback(f.result())
-                elif errback is not None:
-                    errback(exc)
-                else:
-                    log.warning("call %r failed and has no errback: %s", method, exc)
-            except Exception:
-                self.counters["callback_errors"] += 1
-                log.exception("callback for call %r raised (the client keeps going)", method)
-
-        fut.add_done_callback(done)
-
-    def _on_cf_done(self, p: _Pending, f: concurrent.futures.Future[Any]) -> None:
-        if f.cancelled():  # cancelled by the user, maybe from another thread: tidy up on the loop
-            self._run_soon(lambda: self._cancel_from_user(p))
+        exc = f.exception()
+        try:
+            if exc is None:
+                if callback is not None:
+                    callback(f.result())
+            elif errback is not None:
+                errback(exc)
+            else:
+                log.warning("call %r failed and has no errback: %s", method, exc)
+        except Exception:
+            self.counters["callback_errors"] += 1
+            log.exception("callback for call %r raised (the client keeps going)", method)
 
     def _cancel_from_user(self, p: _Pending) -> None:
         if self._pending.pop(p.id, None) is not None:
@@ -504,12 +505,15 @@ class AsyncClient:
         """Fail pending calls with ``ClientClosed`` and close the sockets; never hangs."""
         if self._closed:
             return
-        if _running_loop() is self._loop:
+        loop = self._loop
+        if _running_loop() is loop or loop.is_closed() or not loop.is_running():
+            # on the loop, or nobody runs it (an asyncio client closed after its loop finished): no
+            # other thread can be using the sockets, so close them right here
             self._close_now()
         else:
             try:
-                run_on(self._loop, self._close_now, timeout=10)
-            except RuntimeError:  # the loop is gone already: nothing left to close on it
+                run_on(loop, self._close_now, timeout=10)
+            except RuntimeError:  # the loop went away meanwhile: nothing left to close on it
                 self._closed = True
         if self._uses_engine:
             self._uses_engine = False
@@ -552,10 +556,15 @@ class AsyncClient:
 
     # -- the core (home loop thread only) ----------------------------------------------------------
 
-    def _run_soon(self, job: Callable[[], None]) -> None:
-        """Run ``job`` on the home loop: now if we are on it, else through the inbox (one wake-up a batch)."""
+    def _run_soon(self, job: Callable[[], None] | _Pending) -> None:
+        """Run ``job`` on the home loop: now if we are on it, else through the inbox (one wake-up a batch).
+
+        A ``_Pending`` job means "start this call" (no closure to build on the hot path)."""
         if threading.get_ident() == self._thread_id:
-            job()
+            if type(job) is _Pending:
+                self._start(job)
+            else:
+                job()  # type: ignore[operator]
             return
         self._inbox.append(job)
         if not self._inbox_scheduled:
@@ -569,9 +578,14 @@ class AsyncClient:
     def _drain_inbox(self) -> None:
         self._inbox_scheduled = False
         inbox = self._inbox
+        start = self._start
         while inbox:
+            job = inbox.popleft()
             try:
-                inbox.popleft()()
+                if type(job) is _Pending:
+                    start(job)
+                else:
+                    job()
             except Exception:
                 log.exception("zcall client internal job failed")
 
@@ -626,7 +640,7 @@ class AsyncClient:
             return False
         sock = ch.sock
         try:
-            sock.send(b"", _NOBLOCK | _SNDMORE)
+            sock.send(b"", _NOBLOCK_SNDMORE)
             sock.send(frame, _NOBLOCK)
         except zmq.Again:
             ch.reader.want_writable()
@@ -680,7 +694,7 @@ class AsyncClient:
         ch = p.channel
         if send_cancel and ch is not None and ch.connected:
             try:
-                ch.sock.send(b"", _NOBLOCK | _SNDMORE)
+                ch.sock.send(b"", _NOBLOCK_SNDMORE)
                 ch.sock.send(self._codec.packb([1, Kind.CANCEL, p.id]), _NOBLOCK)
                 ch.reader.check()
             except zmq.ZMQError:
@@ -862,7 +876,7 @@ class AsyncClient:
                 self._set_state(ch, State.SUSPECT)
             if quiet > hb.interval and not ch.ping_out:
                 try:
-                    ch.sock.send(b"", _NOBLOCK | _SNDMORE)
+                    ch.sock.send(b"", _NOBLOCK_SNDMORE)
                     ch.sock.send(self._codec.packb([1, Kind.PING, self._ids.next()]), _NOBLOCK)
                     ch.ping_out = True
                     ch.reader.check()
@@ -896,7 +910,7 @@ class AsyncClient:
             return
         frame = encode(Notify(self._ids.next(), SUBSCRIBE_METHOD, [sorted(self._handlers)], {}), self._codec)
         try:
-            ch.sock.send(b"", _NOBLOCK | _SNDMORE)
+            ch.sock.send(b"", _NOBLOCK_SNDMORE)
             ch.sock.send(frame, _NOBLOCK)
             ch.reader.check()
         except zmq.ZMQError:
@@ -936,10 +950,7 @@ class AsyncCallOptions:
     ) -> concurrent.futures.Future[Any]:
         """Like ``AsyncClient.call_async`` with these settings."""
         c = self._client
-        fut = c._submit(method, args, kwargs, self.timeout, self.headers, self.idempotent)
-        if callback is not None or errback is not None:
-            c._attach(fut, method, callback, errback)
-        return fut
+        return c._submit(method, args, kwargs, self.timeout, self.headers, self.idempotent, callback, errback)
 
     def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Like ``AsyncClient.notify`` with these settings."""
