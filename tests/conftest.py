@@ -11,6 +11,10 @@ import pytest
 import zcall
 from zcall.testing import ProcessHandle, free_tcp_endpoint, ipc_endpoint, running_server, spawn_server
 
+# zcall's own pytest fixtures (zcall_*). Harmless once the package registers the plugin as a pytest11
+# entry point named "zcall.pytest_plugin": pytest then sees it is loaded and skips this.
+pytest_plugins = ["zcall.pytest_plugin"]
+
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 SERVICE_TARGET = "helpers.services:service"

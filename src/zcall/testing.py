@@ -1,8 +1,11 @@
-"""Helpers for socket-level integration tests of zcall services: endpoints, server processes, servers.
+"""Helpers for socket-level integration tests of zcall services: endpoints, servers, processes, faults.
 
 Everything here uses real sockets and real processes, and waits on signals (a ``READY`` line, a bound
-event), never on sleeps. Also runnable: ``python -m zcall.testing serve MODULE:ATTR --bind ENDPOINT``
-serves a ``Service`` with ``SyncServer``, prints ``READY <endpoint>`` and runs until SIGTERM/SIGINT.
+event), never on sleeps. ``FaultProxy`` sits between a client and a server and drops, delays, duplicates
+or reorders messages, or cuts the link, on command. Also runnable: ``python -m zcall.testing serve
+MODULE:ATTR --bind ENDPOINT [--async]`` serves a ``Service`` (``SyncServer``, or ``AsyncServer`` with
+``--async``), prints ``READY <endpoint>`` and runs until SIGTERM/SIGINT. ``zcall.pytest_plugin`` wraps
+these in pytest fixtures (``docs/testing.md``).
 """
 
 from __future__ import annotations
@@ -24,23 +27,36 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Literal
 
+from .async_server import AsyncServer
 from .codec import Codec
+from .faultproxy import REPLIES, REQUESTS, FaultProxy, FaultRule, is_call, is_reply, kind_of
+from .liveness import Heartbeat
 from .service import Service
 from .sync_server import SyncServer
 
 __all__ = [
+    "REPLIES",
+    "REQUESTS",
+    "FaultProxy",
+    "FaultRule",
     "ProcessHandle",
     "SpawnError",
     "free_tcp_endpoint",
     "ipc_endpoint",
+    "is_call",
+    "is_reply",
+    "kind_of",
     "main",
     "running_server",
     "serve_command",
     "spawn",
     "spawn_server",
+    "stop_all",
 ]
+
+ServerKind = Literal["sync", "async"]
 
 _IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS: keep a margin
 _ipc_counter = itertools.count()
@@ -96,6 +112,19 @@ class SpawnError(RuntimeError):
 
 
 _EOF = object()
+_live: dict[int, ProcessHandle] = {}  # pid -> handle, until reaped: killed at interpreter exit
+_live_lock = threading.Lock()
+
+
+@atexit.register
+def _kill_survivors() -> None:
+    """A test run that ends (or crashes) before stopping its children must not leave them running."""
+    with _live_lock:
+        survivors = list(_live.values())
+    for handle in survivors:
+        with contextlib.suppress(Exception):
+            handle.kill()
+            handle.proc.wait(2.0)
 
 
 class ProcessHandle:
@@ -121,6 +150,8 @@ class ProcessHandle:
         ]
         for t in self._readers:
             t.start()
+        with _live_lock:
+            _live[self.pid] = self
 
     def _pump_stdout(self, stream: IO[str]) -> None:
         try:
@@ -232,6 +263,8 @@ class ProcessHandle:
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the process to exit and return its code (raises ``subprocess.TimeoutExpired``)."""
         code = self.proc.wait(timeout)
+        with _live_lock:
+            _live.pop(self.pid, None)
         self._join_readers(2.0)
         return code
 
@@ -273,6 +306,22 @@ class ProcessHandle:
     def __repr__(self) -> str:
         state = "running" if self.alive() else f"exited {self.returncode}"
         return f"<ProcessHandle pid={self.pid} {state} endpoint={self.endpoint!r}>"
+
+
+def stop_all(handles: Sequence[ProcessHandle], timeout: float = 3.0) -> None:
+    """Stop several processes at once: SIGTERM to all, one shared ``timeout``, SIGKILL to the rest; reap
+    each by pid. (Stopping them one by one would cost ``timeout`` per process that ignores SIGTERM.)"""
+    for h in handles:
+        with contextlib.suppress(Exception):
+            h.terminate()
+    deadline = time.monotonic() + timeout
+    for h in handles:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            h.wait(max(0.0, deadline - time.monotonic()))
+    for h in handles:
+        if h.alive():
+            h.kill()
+        h.stop(timeout)  # reap, close the pipes (and kill what is left of its group, with own_group)
 
 
 def _child_env(env: Mapping[str, str] | None, pythonpath: Sequence[str | os.PathLike[str]]) -> dict[str, str]:
@@ -327,11 +376,26 @@ def spawn(
     return handle
 
 
-def serve_command(target: str, endpoint: str = "tcp://127.0.0.1:*", *, forever: bool = False) -> list[str]:
-    """The arguments (after the interpreter) that run ``target`` ("module:attr") as a sync server."""
+def serve_command(
+    target: str,
+    endpoint: str = "tcp://127.0.0.1:*",
+    *,
+    forever: bool = False,
+    kind: ServerKind = "sync",
+    heartbeat: Heartbeat | None = None,
+) -> list[str]:
+    """The arguments (after the interpreter) that run ``target`` ("module:attr") as a server."""
+    if kind not in ("sync", "async"):
+        raise ValueError(f"kind must be 'sync' or 'async', got {kind!r}")
     cmd = ["-m", "zcall.testing", "serve", target, "--bind", endpoint]
     if forever:
         cmd.append("--forever")
+    if kind == "async":
+        cmd.append("--async")
+    if heartbeat is not None:
+        if kind != "async":
+            raise ValueError("heartbeat= applies to kind='async' servers only (REP servers have none)")
+        cmd += ["--heartbeat", f"{heartbeat.interval},{heartbeat.timeout}"]
     return cmd
 
 
@@ -339,7 +403,8 @@ def spawn_server(
     target: str,
     endpoint: str = "tcp://127.0.0.1:*",
     *,
-    kind: str = "sync",
+    kind: ServerKind = "sync",
+    heartbeat: Heartbeat | None = None,
     forever: bool = False,
     timeout: float = 10.0,
     env: Mapping[str, str] | None = None,
@@ -348,12 +413,12 @@ def spawn_server(
 ) -> ProcessHandle:
     """Serve the ``Service`` at ``target`` ("module:attr") in a child process; returns once it is bound.
 
-    ``pythonpath`` lists directories the child needs to import ``module``. Only ``kind="sync"`` exists.
+    ``kind="sync"`` serves it with ``SyncServer`` (REP), ``kind="async"`` with ``AsyncServer`` (ROUTER;
+    ``heartbeat`` sets its ZMTP heartbeats). ``pythonpath`` lists directories the child needs to import
+    ``module``. The caller stops the process (``with`` block or ``.stop()``).
     """
-    if kind != "sync":
-        raise ValueError(f"only kind='sync' servers can be spawned for now, got {kind!r}")
     return spawn(
-        serve_command(target, endpoint, forever=forever),
+        serve_command(target, endpoint, forever=forever, kind=kind, heartbeat=heartbeat),
         timeout=timeout,
         env=env,
         cwd=cwd,
@@ -366,16 +431,35 @@ def spawn_server(
 
 @contextlib.contextmanager
 def running_server(
-    service: Service, endpoint: str | None = None, **server_kwargs: Any
-) -> Iterator[SyncServer]:
-    """A ``SyncServer`` serving ``service`` on a thread for the ``with`` block (bound on entry, stopped
-    on exit); ``endpoint`` defaults to a free loopback tcp port."""
-    server = SyncServer(service, endpoint or "tcp://127.0.0.1:*", **server_kwargs)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    service: Service,
+    endpoint: str | None = None,
+    *,
+    kind: ServerKind = "sync",
+    grace: float = 1.0,
+    **server_kwargs: Any,
+) -> Iterator[Any]:
+    """A server for ``service`` on a thread for the ``with`` block (bound on entry, stopped on exit).
+
+    ``kind="sync"`` yields a ``SyncServer``, ``kind="async"`` an ``AsyncServer`` on zcall's engine
+    thread (stopped with ``grace`` seconds for calls in flight). ``endpoint`` defaults to a free
+    loopback tcp port; ``server_kwargs`` go to the server's constructor.
+    """
+    ep = endpoint or "tcp://127.0.0.1:*"
+    if kind == "sync":
+        sync_server = SyncServer(service, ep, **server_kwargs)
+        sync_server.start()
+        try:
+            yield sync_server
+        finally:
+            sync_server.stop()
+    elif kind == "async":
+        async_server = AsyncServer(service, ep, **server_kwargs).start()
+        try:
+            yield async_server
+        finally:
+            async_server.stop(grace)
+    else:
+        raise ValueError(f"kind must be 'sync' or 'async', got {kind!r}")
 
 
 # -- the runner ------------------------------------------------------------------------------------
@@ -396,49 +480,76 @@ def load_service(target: str) -> Service:
     return obj
 
 
-def _serve(target: str, endpoint: str, forever: bool, max_message_size: int | None) -> int:
+def _serve(
+    target: str,
+    endpoint: str,
+    forever: bool,
+    max_message_size: int | None,
+    kind: ServerKind = "sync",
+    heartbeat: Heartbeat | None = None,
+    grace: float = 1.0,
+) -> int:
     # Ctrl-C must work even if we were started with SIGINT ignored (a background job of a shell).
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # A SIGTERM sent as soon as READY is read could land before the server installs its own handling
+    # and kill us with the default action (exit -15). Until then, treat it as Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     service = load_service(target)
     kwargs: dict[str, Any] = {}
     if max_message_size is not None:
         kwargs["codec"] = Codec(max_message_size=max_message_size)
-    server = SyncServer(service, endpoint, **kwargs)
-    if not forever:
-        # wait() handles SIGTERM only once it runs; a SIGTERM sent as soon as READY is read could land
-        # before that and kill us with the default action (exit -15). Until then, treat it as Ctrl-C.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        server.start()
-        try:
-            print(f"READY {server.endpoint}", flush=True)
-            server.wait()  # until SIGTERM / SIGINT
-        except KeyboardInterrupt:
-            server.stop()
+
+    def announce(ep: str) -> None:
+        print(f"READY {ep}", flush=True)
+
+    if kind == "async":
+        if heartbeat is not None:
+            kwargs["heartbeat"] = heartbeat
+        # serve_forever handles SIGTERM/SIGINT itself (and a KeyboardInterrupt before it does)
+        AsyncServer(service, endpoint, **kwargs).serve_forever(grace, on_ready=announce)
         return 0
-
-    def announce() -> None:
-        # serve_forever() binds in this (main) thread and has no callback: wait for its bound event.
-        server._bound.wait()
-        if server._bind_error is None:
-            print(f"READY {server.endpoint}", flush=True)
-
-    threading.Thread(target=announce, daemon=True).start()
-    server.serve_forever()
+    server = SyncServer(service, endpoint, **kwargs)
+    if forever:
+        server.serve_forever(on_ready=announce)
+        return 0
+    server.start()
+    try:
+        announce(server.endpoint)
+        server.wait()  # until SIGTERM / SIGINT
+    except KeyboardInterrupt:
+        server.stop()
     return 0
 
 
+def _heartbeat_arg(text: str) -> Heartbeat:
+    try:
+        interval, timeout = (float(x) for x in text.split(","))
+        return Heartbeat(interval, timeout)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected INTERVAL,TIMEOUT seconds (e.g. 0.1,0.3): {exc}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m zcall.testing serve MODULE:ATTR [--bind EP] [--forever]``: serve until a signal."""
+    """``python -m zcall.testing serve MODULE:ATTR [--bind EP] [--async]``: serve until a signal."""
     parser = argparse.ArgumentParser(prog="python -m zcall.testing", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("serve", help="serve a Service with SyncServer and print 'READY <endpoint>'")
+    p = sub.add_parser("serve", help="serve a Service and print 'READY <endpoint>' once bound")
     p.add_argument("target", metavar="MODULE:ATTR", help="where the zcall.Service lives")
     p.add_argument("--bind", default="tcp://127.0.0.1:*", metavar="ENDPOINT")
-    p.add_argument("--sync", action="store_true", help="a REP server (the default and only kind for now)")
-    p.add_argument("--forever", action="store_true", help="use serve_forever() instead of start()+wait()")
+    kinds = p.add_mutually_exclusive_group()
+    kinds.add_argument("--sync", action="store_true", help="a REP server (SyncServer, the default)")
+    kinds.add_argument("--async", dest="use_async", action="store_true", help="a ROUTER server (AsyncServer)")
+    p.add_argument("--forever", action="store_true", help="sync: serve_forever(), not start()+wait()")
     p.add_argument("--max-message-size", type=int, default=None, metavar="BYTES")
+    p.add_argument(
+        "--heartbeat", type=_heartbeat_arg, default=None, metavar="IVL,TIMEOUT", help="async: ZMTP heartbeats"
+    )
+    p.add_argument("--grace", type=float, default=1.0, help="async: seconds for calls in flight at shutdown")
     ns = parser.parse_args(argv)
-    return _serve(ns.target, ns.bind, ns.forever, ns.max_message_size)
+    if ns.heartbeat is not None and not ns.use_async:
+        parser.error("--heartbeat needs --async")
+    kind: ServerKind = "async" if ns.use_async else "sync"
+    return _serve(ns.target, ns.bind, ns.forever, ns.max_message_size, kind, ns.heartbeat, ns.grace)
 
 
 if __name__ == "__main__":
