@@ -13,12 +13,19 @@ import asyncio
 import collections
 import os
 import signal
+import sys
 import time
 from typing import Any
 
 import zcall
 from zcall.liveness import Heartbeat
 from zcall.protocol import decode
+
+
+def _announce(line: str) -> None:
+    """One stdout line in one write: print() from several pool threads can interleave two lines."""
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), f"{line}\n".encode())
 
 
 def make_service() -> zcall.Service:
@@ -51,14 +58,14 @@ def make_service() -> zcall.Service:
     @svc.method
     def block(seconds: float, tag: str = "") -> str:
         """A plain function (server thread pool) that blocks; prints ``BLOCK <tag>`` as it starts."""
-        print(f"BLOCK {tag}", flush=True)
+        _announce(f"BLOCK {tag}")
         time.sleep(seconds)
         return tag
 
     @svc.method
     async def hog(seconds: float, tag: str = "") -> str:
         """A coroutine that wrongly blocks the server's event loop with time.sleep; prints ``HOG <tag>``."""
-        print(f"HOG {tag}", flush=True)
+        _announce(f"HOG {tag}")
         time.sleep(seconds)
         await asyncio.sleep(0)
         return tag
