@@ -55,7 +55,7 @@ def test_ipc_endpoint_is_unique_and_short_enough(tmp_path) -> None:
 
 
 def test_spawn_parses_the_endpoint_from_the_ready_line() -> None:
-    code = "print('noise'); print('READY tcp://127.0.0.1:1234', flush=True); input()"
+    code = "import time; print('noise'); print('READY tcp://127.0.0.1:1234', flush=True); time.sleep(60)"
     with spawn(["-c", code]) as proc:
         assert proc.endpoint == "tcp://127.0.0.1:1234"
         assert proc.stdout_lines == ["noise", "READY tcp://127.0.0.1:1234"]
