@@ -46,7 +46,7 @@ from .errors import (
 from .ids import IdSource
 from .liveness import DEFAULT_HEARTBEAT, Heartbeat, State
 from .metrics import CallToken, Metrics, Outcome, outcome_for_status
-from .protocol import ErrorReply, Event, Kind, Notify, Pong, Reply, call_frame, decode, encode
+from .protocol import ErrorReply, Event, Kind, Notify, Pong, Reply, call_frame, decode, encode, reply_fields
 from .sockets import apply_size_limit, close_quietly, normalize_endpoints
 from .status import StatusCode
 
@@ -707,6 +707,16 @@ class AsyncClient:
         body = frames[-1]
         if not body:
             return  # an empty-body ACK from a REP server (notify / cancel)
+        fast = reply_fields(body, self._codec)
+        if fast is not None:  # the common case, a REPLY, without building a message object
+            p = self._pending.pop(fast[0], None)
+            if p is None:
+                self.counters["stale_replies"] += 1
+                return
+            self._finish(p, _OK)
+            self.counters["replies"] += 1
+            _succeed(p.fut, fast[1])
+            return
         try:
             msg = decode(body, self._codec)
         except ProtocolError as exc:
