@@ -47,7 +47,7 @@ from .ids import IdSource
 from .liveness import DEFAULT_HEARTBEAT, Heartbeat, State
 from .metrics import CallToken, Metrics, Outcome, outcome_for_status
 from .protocol import ErrorReply, Event, Kind, Notify, Pong, Reply, call_frame, decode, encode, reply_fields
-from .sockets import apply_size_limit, close_quietly, normalize_endpoints
+from .sockets import apply_size_limit, close_quietly, fast_send, normalize_endpoints
 from .status import StatusCode
 
 if TYPE_CHECKING:
@@ -129,6 +129,7 @@ class _Channel:
         "ping_out",
         "refused",
         "closed_in_handshake",
+        "send",
     )
 
     def __init__(self, client: AsyncClient, endpoint: str) -> None:
@@ -145,6 +146,7 @@ class _Channel:
         self.monitor = sock.get_monitor_socket(_MONITORED)
         sock.connect(endpoint)
         self.sock = sock
+        self.send = fast_send(sock)
         self.connected = False
         self.last_seq = 0
         self.state = State.DEAD
@@ -249,6 +251,9 @@ class AsyncClient:
         self._refused = False  # every endpoint refused the handshake: calls fail at once
         self._liveness_callbacks: list[Callable[[str, State], Any]] = []
         self._tick_handle: asyncio.TimerHandle | None = None
+        self._deadline_line: collections.deque[_Pending] = collections.deque()
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self._sweep_at = 0.0
         self._ids = IdSource()
         self._slots = _Slots(max_in_flight)
         self.metrics = Metrics()
@@ -545,6 +550,10 @@ class AsyncClient:
         self._closed = True
         if self._tick_handle is not None:
             self._tick_handle.cancel()
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+        self._deadline_line.clear()
         self._drain_inbox()
         pending, self._pending = self._pending, {}
         for p in pending.values():  # calls still waiting for a connection are in here too
@@ -603,8 +612,24 @@ class AsyncClient:
         p.token = self.metrics.started(p.method)
         loop = self._loop
         p.started = loop.time()
-        p.timer = loop.call_at(p.deadline, self._expire, p)
-        self._pending[p.id] = p
+        # One timer per client, not per call: calls with the usual (shared) timeout join a line ordered
+        # by deadline, swept by a single timer; a call whose deadline would break the order gets its own.
+        line = self._deadline_line
+        pending = self._pending
+        while line and line[0].id not in pending:
+            line.popleft()  # finished calls leave from the front (replies mostly come in order)
+        if len(line) > 2 * len(pending) + 64:  # a slow call at the front holds finished ones: compact
+            self._deadline_line = line = collections.deque(q for q in line if q.id in pending)
+        if not line or p.deadline >= line[-1].deadline:
+            line.append(p)
+            if self._sweep_handle is None or p.deadline < self._sweep_at:
+                if self._sweep_handle is not None:  # set for a call that finished; this one is due first
+                    self._sweep_handle.cancel()
+                self._sweep_at = p.deadline
+                self._sweep_handle = loop.call_at(p.deadline, self._sweep)
+        else:
+            p.timer = loop.call_at(p.deadline, self._expire, p)
+        pending[p.id] = p
         self._send_or_wait(p, p.frame, p.deadline)
 
     def _pick(self) -> _Channel | None:
@@ -638,10 +663,10 @@ class AsyncClient:
         ch = self._pick()
         if ch is None:
             return False
-        sock = ch.sock
+        send = ch.send
         try:
-            sock.send(b"", _NOBLOCK_SNDMORE)
-            sock.send(frame, _NOBLOCK)
+            send(b"", _NOBLOCK_SNDMORE)
+            send(frame, _NOBLOCK)
         except zmq.Again:
             ch.reader.want_writable()
             return False
@@ -672,6 +697,20 @@ class AsyncClient:
             if q is p:
                 del self._waiting[i]
                 return
+
+    def _sweep(self) -> None:
+        """The deadline line's timer: expire every call at its deadline, then wait for the next one."""
+        self._sweep_handle = None
+        line = self._deadline_line
+        pending = self._pending
+        now = self._loop.time()
+        while line and (line[0].id not in pending or line[0].deadline <= now):
+            p = line.popleft()
+            if p.id in pending:
+                self._expire(p)
+        if line and not self._closed:
+            self._sweep_at = line[0].deadline
+            self._sweep_handle = self._loop.call_at(self._sweep_at, self._sweep)
 
     def _expire(self, p: _Pending) -> None:
         if self._pending.pop(p.id, None) is None:

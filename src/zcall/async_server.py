@@ -30,7 +30,7 @@ from .metrics import CallToken, Outcome
 from .protocol import PROTOCOL_VERSION, Call, Cancel, ErrorRecord, Kind, Notify, Ping
 from .replycache import IN_PROGRESS
 from .service import Method, Rejected, Service
-from .sockets import DEFAULT_BIND, apply_size_limit, bind, close_quietly, release_endpoint
+from .sockets import DEFAULT_BIND, apply_size_limit, bind, close_quietly, fast_send, release_endpoint
 from .status import StatusCode
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ SUBSCRIBE_METHOD = "zcall.subscribe"
 DEFAULT_MAX_IN_FLIGHT = 1000
 _SWEEP_MIN = 64  # the subscriber table is never swept for gone clients below this size
 _CANCELLED = int(Outcome.CANCELLED)
+_PLAIN = frozenset((int, float, str, bytes, bool, list, dict, type(None)))  # never awaitable: skip the check
 _EVENT_HEAD = bytes([0x95, PROTOCOL_VERSION, Kind.EVENT])  # msgpack fixarray(5), version, kind
 
 # plain ints: combining pyzmq's enum flags (NOBLOCK | SNDMORE) costs about a microsecond each time
@@ -96,6 +97,7 @@ class AsyncServer:
         self._endpoint: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: zmq.Socket | None = None
+        self._fast_send: Callable[[bytes, int], Any] | None = None
         self._reader: Reader | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._in_flight: dict[tuple[bytes, int], asyncio.Future[Any]] = {}
@@ -298,6 +300,7 @@ class AsyncServer:
             raise
         self._loop = loop
         self._sock = sock
+        self._fast_send = fast_send(sock)
         self._idle = asyncio.Event()
         self._closed = asyncio.Event()
         self._reader = Reader(loop, sock, self._on_message)
@@ -310,10 +313,12 @@ class AsyncServer:
         if sock is None or sock.closed:
             self.counters["undeliverable"] += 1
             return False
+        send = self._fast_send
+        assert send is not None
         try:
             for part in envelope:
-                sock.send(part, _NOBLOCK_SNDMORE)
-            sock.send(body, _NOBLOCK)
+                send(part, _NOBLOCK_SNDMORE)
+            send(body, _NOBLOCK)
             return True
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the client is gone (ROUTER_MANDATORY); EAGAIN: its queue is full.
@@ -372,10 +377,11 @@ class AsyncServer:
         except Rejected as r:
             self._send(envelope, d.rejected_frame(msg.id, r.record))
             return
-        refusal = self._refuse(msg)
-        if refusal is not None:
-            self._send(envelope, d.rejected_frame(msg.id, refusal, method=method.name))
-            return
+        if self._closing or len(self._in_flight) >= self.max_in_flight or msg.deadline_ms == 0:
+            refusal = self._refuse(msg)
+            if refusal is not None:
+                self._send(envelope, d.rejected_frame(msg.id, refusal, method=method.name))
+                return
         # at most once: a resend is answered from the reply cache, never run again. The key holds the
         # method too, so a guessed id alone cannot fetch another caller's reply.
         cached = (msg.id, msg.method) if msg.retry and not method.idempotent else None
@@ -395,7 +401,7 @@ class AsyncServer:
             except Exception as exc:
                 self._reply(envelope, msg.id, cached, d.exception_frame(msg.id, method.name, exc, token))
                 return
-            if not asyncio.iscoroutine(result):
+            if type(result) in _PLAIN or not asyncio.iscoroutine(result):
                 self._reply(envelope, msg.id, cached, d.reply_frame(msg.id, result, token))
                 return
             fut: asyncio.Future[Any] = asyncio.ensure_future(result, loop=self._loop)
