@@ -324,3 +324,22 @@ def test_notify_runs_on_the_server_and_gets_no_reply(
     client.notify("missing", 1)
     client.notify("mark")
     assert client.call_async("marks").result(5) == ["n1", "n2", "raw"]
+
+
+def test_server_counts_pings_it_answers(server: zcall.AsyncServer) -> None:
+    """App-level pings are answered on the loop and counted (liveness tests read this counter)."""
+    import msgpack
+    import zmq
+
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    s.connect(server.endpoint)
+    try:
+        before = server.statistics()["pings"]
+        for i in range(3):
+            s.send_multipart([b"", msgpack.packb([1, 6, 1000 + i])])
+            assert msgpack.unpackb(s.recv_multipart()[-1]) == [1, 7, 1000 + i]
+        assert server.statistics()["pings"] == before + 3
+    finally:
+        s.close()

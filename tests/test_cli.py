@@ -155,6 +155,17 @@ def test_call_remote_error_exits_1_with_type_message_and_traceback(served: Proce
     assert "MethodNotFound" in r.stderr and "did you mean 'double'" in r.stderr
 
 
+def test_serve_no_tracebacks_keeps_type_and_message_but_not_the_traceback() -> None:
+    handle = serve("helpers.services:service", "--no-tracebacks")
+    try:
+        r = zcall_cli("call", handle.endpoint, "boom", "kaboom")
+        assert r.returncode == 1
+        assert "ValueError" in r.stderr and "kaboom" in r.stderr
+        assert "raise ValueError(message)" not in r.stderr
+    finally:
+        handle.stop(timeout=5)
+
+
 def test_call_timeout_exits_3_naming_endpoint_and_attempts(unused_tcp_endpoint: str) -> None:
     for extra in ([], ["--async"]):
         r = zcall_cli("call", *extra, unused_tcp_endpoint, "double", "1", "--timeout", "0.3")

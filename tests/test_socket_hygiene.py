@@ -23,6 +23,7 @@ import zmq
 
 import zcall
 from helpers.hostile_server import Holder, make_service
+from zcall.replycache import ReplyCache
 
 CALL, REPLY, ERROR, NOTIFY = 1, 2, 3, 4
 
@@ -156,9 +157,8 @@ def test_thousand_short_lived_clients_leave_bounded_reply_cache_and_subscriber_t
     ctx: zmq.Context,
 ) -> None:
     clients = 1000
-    with serving(ctx) as (server, _):
-        cache = server._dispatch.replies
-        cache.max_entries = 100  # no constructor knob (see the report): a small bound keeps this cheap
+    cache = ReplyCache(max_entries=100)  # a small bound keeps this cheap
+    with serving(ctx, reply_cache=cache) as (server, _):
         ep = server.endpoint
         peak = 0
         for i in range(clients):

@@ -28,7 +28,7 @@ from .engine import Reader, engine, run_on
 from .liveness import DEFAULT_HEARTBEAT, Heartbeat
 from .metrics import CallToken, Outcome
 from .protocol import PROTOCOL_VERSION, Call, Cancel, ErrorRecord, Kind, Notify, Ping
-from .replycache import IN_PROGRESS
+from .replycache import IN_PROGRESS, ReplyCache
 from .service import Method, Rejected, Service
 from .sockets import DEFAULT_BIND, apply_size_limit, bind, close_quietly, fast_send, release_endpoint
 from .status import StatusCode
@@ -79,6 +79,7 @@ class AsyncServer:
         context: zmq.Context | None = None,
         codec: Codec = default_codec,
         send_tracebacks: bool = True,
+        reply_cache: ReplyCache | None = None,
         heartbeat: Heartbeat | None = DEFAULT_HEARTBEAT,
         security: ServerSecurity | None = None,
     ) -> None:
@@ -89,7 +90,7 @@ class AsyncServer:
         self._requested = endpoint
         self._workers = workers or min(32, (os.cpu_count() or 1) + 4)
         self._ctx = context or zmq.Context.instance()
-        self._dispatch = Dispatcher(service, codec, send_tracebacks=send_tracebacks)
+        self._dispatch = Dispatcher(service, codec, send_tracebacks=send_tracebacks, reply_cache=reply_cache)
         self._codec = codec
         self._heartbeat = heartbeat
         self._security = security
@@ -110,7 +111,7 @@ class AsyncServer:
         self._sweep_at = _SWEEP_MIN  # table size at which gone subscribers are swept out
         self._notifying = 0  # one-way calls queued or running (bounded by max_in_flight too)
         self._send_errno = 0  # errno of the last failed _send (EAGAIN: slow peer, EHOSTUNREACH: gone)
-        self.counters = {"undeliverable": 0, "overloaded": 0, "cancelled": 0, "events_sent": 0}
+        self.counters = {"undeliverable": 0, "overloaded": 0, "cancelled": 0, "events_sent": 0, "pings": 0}
 
     # -- properties --------------------------------------------------------------------------------
 
@@ -342,6 +343,7 @@ class AsyncServer:
         elif t is bytes:
             self._send(envelope, msg)  # type: ignore[arg-type]
         elif t is Ping:
+            self.counters["pings"] += 1
             self._send(envelope, self._codec.packb([PROTOCOL_VERSION, Kind.PONG, msg.id]))
         elif t is Notify:
             self._notify(envelope, msg)  # type: ignore[arg-type]

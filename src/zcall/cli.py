@@ -247,6 +247,8 @@ def cmd_serve(ns: argparse.Namespace) -> int:
             peer.bind = ns.bind
         if ns.sync_bind:
             peer.sync_bind = ns.sync_bind
+        if ns.no_tracebacks:
+            peer.send_tracebacks = False
     else:
         default_name = obj.name if isinstance(obj, Service) else ns.target.partition(":")[2].split(".")[-1]
         name = ns.name or default_name
@@ -257,6 +259,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
             sync_bind=ns.sync_bind,
             security=security,
             peer_keys=ns.peer_keys,
+            send_tracebacks=not ns.no_tracebacks,
         )
     for pname, ep in peers.items():
         try:
@@ -267,7 +270,9 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     flag = _StopFlag(ns.stop_on_stdin_eof)
     try:
         if ns.sync:
-            server = SyncServer(peer.service, peer.bind, security=peer.security).start()
+            server = SyncServer(
+                peer.service, peer.bind, security=peer.security, send_tracebacks=peer.send_tracebacks
+            ).start()
             endpoint, kind = server.endpoint, "sync (REP)"
             stop: Callable[[], None] = server.stop
         else:
@@ -665,6 +670,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         metavar="S",
         help="seconds in-flight calls get on stop (default 5)",
+    )
+    p.add_argument(
+        "--no-tracebacks",
+        action="store_true",
+        help="error replies carry type and message but not the handler's traceback",
     )
     p.add_argument(
         "--stop-on-stdin-eof",

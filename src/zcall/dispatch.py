@@ -52,7 +52,14 @@ class Dispatcher:
         "service",
     )
 
-    def __init__(self, service: Service, codec: Codec, *, send_tracebacks: bool = True) -> None:
+    def __init__(
+        self,
+        service: Service,
+        codec: Codec,
+        *,
+        send_tracebacks: bool = True,
+        reply_cache: ReplyCache | None = None,
+    ) -> None:
         self.service = service
         self.codec = codec
         self.send_tracebacks = send_tracebacks
@@ -63,7 +70,7 @@ class Dispatcher:
             "expired": 0,
         }
         self._pack = codec.packb
-        self.replies = ReplyCache()
+        self.replies = reply_cache if reply_cache is not None else ReplyCache()
         self.metrics = service.metrics  # per service, shared by every server serving it
         service._servers.add(self)
 

@@ -47,6 +47,7 @@ class Peer:
         timeout: float = 5.0,
         max_in_flight: int = 1000,
         workers: int | None = None,
+        send_tracebacks: bool = True,
         context: zmq.Context | None = None,
         codec: Codec = default_codec,
         security: ServerSecurity | None = None,
@@ -55,6 +56,8 @@ class Peer:
         self.name = name
         self.service = service if service is not None else Service(name)
         self.workers = workers
+        self.send_tracebacks = send_tracebacks
+        """Whether error replies carry the handler's traceback (turn off towards untrusted callers)."""
         """Threads for blocking handlers; a blocking handler waiting on a nested call holds one."""
         self.security = security
         """CURVE for this peer: its key pair serves callers and calls other peers (they must allow it)."""
@@ -103,13 +106,19 @@ class Peer:
             self.bind,
             max_in_flight=self._max_in_flight,
             workers=self.workers,
+            send_tracebacks=self.send_tracebacks,
             context=self._ctx,
             codec=self._codec,
             security=self.security,
         ).start()
         if self.sync_bind is not None:
             self._sync_server = SyncServer(
-                self.service, self.sync_bind, context=self._ctx, codec=self._codec, security=self.security
+                self.service,
+                self.sync_bind,
+                context=self._ctx,
+                codec=self._codec,
+                security=self.security,
+                send_tracebacks=self.send_tracebacks,
             ).start()
         return self
 

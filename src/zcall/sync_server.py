@@ -18,7 +18,7 @@ import zmq
 from .codec import Codec, default_codec
 from .dispatch import ACK, Dispatcher
 from .protocol import PROTOCOL_VERSION, Call, Cancel, Kind, Notify, Ping
-from .replycache import IN_PROGRESS
+from .replycache import IN_PROGRESS, ReplyCache
 from .service import Rejected, Service
 from .sockets import DEFAULT_BIND, apply_size_limit, bind, close_quietly, release_endpoint
 from .status import StatusCode
@@ -68,13 +68,14 @@ class SyncServer:
         context: zmq.Context | None = None,
         codec: Codec = default_codec,
         send_tracebacks: bool = True,
+        reply_cache: ReplyCache | None = None,
         security: ServerSecurity | None = None,
     ) -> None:
         self.service = service
         self._requested = endpoint
         self._security = security
         self._ctx = context or zmq.Context.instance()
-        self._dispatch = Dispatcher(service, codec, send_tracebacks=send_tracebacks)
+        self._dispatch = Dispatcher(service, codec, send_tracebacks=send_tracebacks, reply_cache=reply_cache)
         self._endpoint: str | None = None
         self._thread: threading.Thread | None = None
         self._bound = threading.Event()
