@@ -343,3 +343,24 @@ def test_server_counts_pings_it_answers(server: zcall.AsyncServer) -> None:
         assert server.statistics()["pings"] == before + 3
     finally:
         s.close()
+
+
+def test_waiting_on_a_call_inside_a_callback_raises_instead_of_deadlocking(
+    client: zcall.AsyncClient,
+) -> None:
+    """Callbacks run on the client's loop thread, which is the one that would resolve the inner call."""
+    seen: list[BaseException] = []
+    done = threading.Event()
+
+    def callback(_: object) -> None:
+        try:
+            client.call_async("double", 2).result(5)
+        except RuntimeError as exc:
+            seen.append(exc)
+        finally:
+            done.set()
+
+    client.call_async("double", 1, callback=callback)
+    assert done.wait(5)
+    assert len(seen) == 1 and "would deadlock" in str(seen[0])
+    assert client.call_async("double", 3).result(5) == 6  # and the client is fine

@@ -172,6 +172,30 @@ class _Channel:
         close_quietly(self.sock)
 
 
+class CallFuture(concurrent.futures.Future):  # type: ignore[type-arg]
+    """The callback face's future. Waiting on it from the client's own loop thread (in a callback or an
+    event handler) before it is done raises at once: that thread is the one that would resolve it."""
+
+    def __init__(self, home_thread: int | None) -> None:
+        super().__init__()
+        self._home_thread = home_thread
+
+    def _check_thread(self) -> None:
+        if not self.done() and threading.get_ident() == self._home_thread:
+            raise RuntimeError(
+                "waiting for a zcall call on the client's own loop thread (inside a callback, errback or "
+                "event handler) would deadlock: chain with add_done_callback(), or use await client.call()"
+            )
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._check_thread()
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._check_thread()
+        return super().exception(timeout)
+
+
 class _Slots:
     """The bound on calls in flight: non-blocking acquire from any thread, awaitable on the home loop."""
 
@@ -390,7 +414,7 @@ class AsyncClient:
         except BaseException:
             self._slots.release()
             raise
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        fut: concurrent.futures.Future[Any] = CallFuture(self._thread_id)
         deadline = self._loop.time() + timeout
         p = _Pending(rid, method, fut, frame, deadline, idempotent, False)
         # One done-callback does both jobs: tidy up a user's cancel, and run callback/errback.
