@@ -354,13 +354,13 @@ def test_waiting_on_a_call_inside_a_callback_raises_instead_of_deadlocking(
 
     def callback(_: object) -> None:
         try:
-            client.call_async("double", 2).result(5)
+            client.call_async("triple", 2).result(5)
         except RuntimeError as exc:
             seen.append(exc)
         finally:
             done.set()
 
-    client.call_async("double", 1, callback=callback)
+    client.call_async("triple", 1, callback=callback)
     assert done.wait(5)
     assert len(seen) == 1 and "would deadlock" in str(seen[0])
-    assert client.call_async("double", 3).result(5) == 6  # and the client is fine
+    assert client.call_async("triple", 3).result(5) == 9  # and the client is fine
