@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import selectors
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -32,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zcall
+from zcall.testing import SpawnError, spawn
 
 WORK_SECONDS = 0.2
 """How long ``double`` takes on the server: long enough for the caller's other work to show."""
@@ -121,30 +120,6 @@ def call(endpoint: str, timeout: float = 5.0) -> int:
     return 0 if request.outcome.get("result") == request.param * 2 else 1
 
 
-def start_server(timeout: float = 10.0) -> tuple[subprocess.Popen[str], str]:
-    """Start ``--serve`` in a child process and return it with its endpoint, read from its READY line."""
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", "tcp://127.0.0.1:*"], stdout=subprocess.PIPE, text=True
-    )
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
-        line = proc.stdout.readline() if sel.select(timeout) else ""  # type: ignore[union-attr]
-    if not line.startswith("READY "):
-        stop_server(proc)
-        raise SystemExit(f"server failed to start: {line!r}")
-    return proc, line.split()[1]
-
-
-def stop_server(proc: subprocess.Popen[str]) -> None:
-    """Terminate the child by pid, kill it if it does not go, and reap it."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", metavar="ENDPOINT", help="only serve, on ENDPOINT")
@@ -155,11 +130,15 @@ def main() -> int:
         return 0
     if args.call:
         return call(args.call)
-    proc, endpoint = start_server()
+    try:  # start the server in a child process; returns once it has printed READY <endpoint>
+        server = spawn([__file__, "--serve", "tcp://127.0.0.1:*"])
+    except SpawnError as exc:
+        raise SystemExit(f"server failed to start: {exc}") from None
     try:
-        return call(endpoint)
+        return call(server.endpoint)
     finally:
-        stop_server(proc)
+        server.stop()  # SIGTERM, then SIGKILL; reaped by pid
+        sys.stderr.write(server.stderr)  # anything it logged (its stderr was captured, not our terminal)
 
 
 if __name__ == "__main__":

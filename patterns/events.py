@@ -17,14 +17,13 @@ Run alone (starts the shop process, cleans it up):  python patterns/events.py
 from __future__ import annotations
 
 import argparse
-import selectors
 import signal
-import subprocess
 import sys
 import threading
 from typing import Any
 
 import zcall
+from zcall.testing import SpawnError, spawn
 
 # -- the publisher: a shop peer in its own process ---------------------------------------------------------
 
@@ -158,30 +157,6 @@ def demo(shop_endpoint: str) -> int:
     return 0 if ok else 1
 
 
-def start_shop(timeout: float = 10.0) -> tuple[subprocess.Popen[str], str]:
-    """Start ``--shop`` in a child process; return it and its endpoint (from its READY line)."""
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--shop", "tcp://127.0.0.1:*"], stdout=subprocess.PIPE, text=True
-    )
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
-        line = proc.stdout.readline() if sel.select(timeout) else ""  # type: ignore[union-attr]
-    if not line.startswith("READY "):
-        stop_process(proc)
-        raise SystemExit(f"the shop failed to start: {line!r}")
-    return proc, line.split()[1]
-
-
-def stop_process(proc: subprocess.Popen[str]) -> None:
-    """Terminate the child by pid, kill it if it does not go, and reap it."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shop", metavar="ENDPOINT", help="only run the shop (publisher) peer, on ENDPOINT")
@@ -189,12 +164,16 @@ def main() -> int:
     if args.shop:
         serve_shop(args.shop)
         return 0
-    proc, endpoint = start_shop()
-    print(f"shop: pid {proc.pid}, publishing from {endpoint}\n")
+    try:  # start the shop in a child process; returns once it has printed READY <endpoint>
+        shop_process = spawn([__file__, "--shop", "tcp://127.0.0.1:*"])
+    except SpawnError as exc:
+        raise SystemExit(f"the shop failed to start: {exc}") from None
     try:
-        return demo(endpoint)
+        print(f"shop: pid {shop_process.pid}, publishing from {shop_process.endpoint}\n")
+        return demo(shop_process.endpoint)
     finally:
-        stop_process(proc)
+        shop_process.stop()  # SIGTERM, then SIGKILL; reaped by pid
+        sys.stderr.write(shop_process.stderr)  # what it logged (its stderr was captured, not our terminal)
 
 
 if __name__ == "__main__":

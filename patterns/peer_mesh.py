@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import selectors
 import signal
-import subprocess
 import sys
 import threading
 import time
 
 import zcall
+from zcall.testing import ProcessHandle, SpawnError, spawn, stop_all
 
 NAMES = ("a", "b", "c")
 METHODS = {"blocking handlers, peer.call": "forward", "coroutines, await peer.acall": "aforward"}
@@ -96,46 +95,6 @@ def serve_peer(name: str, bind: str) -> None:
 # -- the demo: start three peers, make them talk, stop them ------------------------------------------
 
 
-def start_peers(
-    names: tuple[str, ...], timeout: float = 10.0
-) -> dict[str, tuple[subprocess.Popen[str], str]]:
-    """Start ``--peer NAME`` for each name, all at once; wait for each READY line; name -> (process,
-    endpoint). Stops the ones already started if one fails."""
-    started: dict[str, subprocess.Popen[str]] = {}
-    out: dict[str, tuple[subprocess.Popen[str], str]] = {}
-    try:
-        for name in names:
-            started[name] = subprocess.Popen(
-                [sys.executable, __file__, "--peer", name, "--bind", "tcp://127.0.0.1:*"],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-        deadline = time.monotonic() + timeout
-        for name, proc in started.items():
-            with selectors.DefaultSelector() as sel:
-                sel.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
-                ready = sel.select(max(0.0, deadline - time.monotonic()))
-                line = proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
-            if not line.startswith("READY "):
-                raise SystemExit(f"peer {name} failed to start: {line!r}")
-            out[name] = (proc, line.split()[1])
-        return out
-    except BaseException:
-        for proc in started.values():
-            stop_peer(proc)
-        raise
-
-
-def stop_peer(proc: subprocess.Popen[str]) -> None:
-    """Terminate the child by pid, kill it if it does not go, and reap it."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def demo(directory: dict[str, str]) -> int:
     """Drive the mesh from a fourth peer (this process); returns an exit code."""
     ok = True
@@ -179,15 +138,21 @@ def main() -> int:
     if args.peer:
         serve_peer(args.peer, args.bind)
         return 0
-    peers = start_peers(NAMES)
+    peers: dict[str, ProcessHandle] = {}
     try:
-        for name, (proc, endpoint) in peers.items():
-            print(f"peer {name}: pid {proc.pid}, serving on {endpoint}")
+        for name in NAMES:  # start them all, then wait for each: they boot in parallel
+            peers[name] = spawn([__file__, "--peer", name, "--bind", "tcp://127.0.0.1:*"], ready_prefix=None)
+        directory = {name: p.expect("READY ").split()[1] for name, p in peers.items()}
+        for name, p in peers.items():
+            print(f"peer {name}: pid {p.pid}, serving on {directory[name]}")
         print("this process is a fourth peer, 'driver', that sets the others going")
-        return demo({name: endpoint for name, (_, endpoint) in peers.items()})
+        return demo(directory)
+    except SpawnError as exc:  # its stderr is written out below, before this message
+        raise SystemExit(f"peer failed to start: no READY line from pid {exc.pid}") from None
     finally:
-        for proc, _ in peers.values():
-            stop_peer(proc)
+        stop_all(list(peers.values()), timeout=5.0)  # SIGTERM to all, then SIGKILL; each reaped by pid
+        for p in peers.values():
+            sys.stderr.write(p.stderr)  # anything it logged (its stderr was captured, not our terminal)
 
 
 if __name__ == "__main__":

@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
-import selectors
 import signal
-import subprocess
 import sys
 import threading
 import time
 
 import zcall
+from zcall.testing import ProcessHandle, SpawnError, spawn, stop_all
 
 # -- a worker peer ---------------------------------------------------------------------------------------
 
@@ -86,46 +85,6 @@ class Tally:
             return self._cond.wait_for(lambda: self.received >= self.expected, timeout)
 
 
-def start_workers(
-    n: int, collector: str, timeout: float = 10.0
-) -> dict[str, tuple[subprocess.Popen[str], str]]:
-    """Start n worker processes at once; wait for each READY line; name -> (process, endpoint)."""
-    started: dict[str, subprocess.Popen[str]] = {}
-    out: dict[str, tuple[subprocess.Popen[str], str]] = {}
-    try:
-        for k in range(n):
-            name = f"worker-{k}"
-            started[name] = subprocess.Popen(
-                [sys.executable, __file__, "--worker", name, "--collector", collector],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-        deadline = time.monotonic() + timeout
-        for name, proc in started.items():
-            with selectors.DefaultSelector() as sel:
-                sel.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
-                ready = sel.select(max(0.0, deadline - time.monotonic()))
-                line = proc.stdout.readline() if ready else ""  # type: ignore[union-attr]
-            if not line.startswith("READY "):
-                raise SystemExit(f"{name} failed to start: {line!r}")
-            out[name] = (proc, line.split()[1])
-        return out
-    except BaseException:
-        for proc in started.values():
-            stop_process(proc)
-        raise
-
-
-def stop_process(proc: subprocess.Popen[str]) -> None:
-    """Terminate the child by pid, kill it if it does not go, and reap it."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def run(n_workers: int, n_items: int, timeout: float) -> int:
     """Fan the items out, collect the results, print the tally; returns an exit code."""
     tally = Tally(n_items)
@@ -137,11 +96,15 @@ def run(n_workers: int, n_items: int, timeout: float) -> int:
         tally.add(worker_name, item, value)
 
     with zcall.Peer("collector", service, timeout=timeout) as me:
-        workers = start_workers(n_workers, me.endpoint)
+        workers: dict[str, ProcessHandle] = {}
         try:
-            for name, (proc, endpoint) in workers.items():
-                print(f"{name}: pid {proc.pid}, serving on {endpoint}")
-                me.connect(name, endpoint)
+            for k in range(n_workers):  # start them all, then wait for each: they boot in parallel
+                cmd = [__file__, "--worker", f"worker-{k}", "--collector", me.endpoint]
+                workers[f"worker-{k}"] = spawn(cmd, ready_prefix=None)
+            endpoints = {name: w.expect("READY ").split()[1] for name, w in workers.items()}
+            for name, w in workers.items():
+                print(f"{name}: pid {w.pid}, serving on {endpoints[name]}")
+                me.connect(name, endpoints[name])
             names = sorted(workers)
             for name in names:
                 me.call(name, "zcall.ping")  # connected both ways before the first notification
@@ -158,9 +121,12 @@ def run(n_workers: int, n_items: int, timeout: float) -> int:
             complete = tally.wait(timeout)
             took_ms = (time.perf_counter() - t0) * 1000
             print(f"{tally.received} result notifications came back; the last after {took_ms:.0f} ms")
+        except SpawnError as exc:  # its stderr is written out below, before this message
+            raise SystemExit(f"a worker failed to start: no READY line from pid {exc.pid}") from None
         finally:
-            for proc, _ in workers.values():
-                stop_process(proc)
+            stop_all(list(workers.values()), timeout=5.0)  # SIGTERM to all, then SIGKILL; reaped by pid
+            for w in workers.values():
+                sys.stderr.write(w.stderr)  # anything it logged (its stderr was captured, not our terminal)
         dropped = sum(c["notifies_dropped"] for c in me.statistics()["clients"].values())
 
     per_worker = collections.Counter(w for rs in tally.results.values() for w, _ in rs)

@@ -21,14 +21,13 @@ import argparse
 import asyncio
 import itertools
 import os
-import selectors
 import signal
-import subprocess
 import sys
 import time
 from typing import Any
 
 import zcall
+from zcall.testing import ProcessHandle, SpawnError, spawn, stop_all
 
 TOTAL = 300_000
 """The job: sum of i*i for i in [0, TOTAL), split evenly over the servers."""
@@ -127,41 +126,6 @@ async def scatter_gather(endpoints: list[str], total: int, timeout: float) -> in
     return 0 if combined == expected else 1
 
 
-def start_server(name: str, work_ms: int, fail: bool, timeout: float = 10.0) -> subprocess.Popen[str]:
-    """Start one ``--serve`` child (does not wait for READY: see ``wait_ready``)."""
-    cmd = [
-        sys.executable,
-        __file__,
-        "--serve",
-        "tcp://127.0.0.1:*",
-        "--name",
-        name,
-        "--work-ms",
-        str(work_ms),
-    ]
-    return subprocess.Popen(cmd + (["--fail"] if fail else []), stdout=subprocess.PIPE, text=True)
-
-
-def wait_ready(proc: subprocess.Popen[str], timeout: float = 10.0) -> str:
-    """The endpoint from the child's READY line (raises if it dies or stays silent)."""
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
-        line = proc.stdout.readline() if sel.select(timeout) else ""  # type: ignore[union-attr]
-    if not line.startswith("READY "):
-        raise SystemExit(f"server failed to start: {line!r}")
-    return line.split()[1]
-
-
-def stop_server(proc: subprocess.Popen[str]) -> None:
-    """Terminate the child by pid, kill it if it does not go, and reap it."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", metavar="ENDPOINT", help="only serve, on ENDPOINT")
@@ -183,17 +147,21 @@ def main() -> int:
         return asyncio.run(scatter_gather(args.call, args.total, args.timeout))
     if args.servers < 1:
         parser.error("--servers must be at least 1")
-    procs: list[subprocess.Popen[str]] = []
+    servers: list[ProcessHandle] = []
     try:
         for k in range(args.servers):  # start them all, then wait for each: they boot in parallel
             work = args.slow_ms if k == 1 else args.work_ms
-            fail = args.fail_one and k == args.servers - 1
-            procs.append(start_server(f"server-{k}", work, fail))
-        endpoints = [wait_ready(p) for p in procs]
+            fail = ["--fail"] if args.fail_one and k == args.servers - 1 else []
+            cmd = [__file__, "--serve", "tcp://127.0.0.1:*", "--name", f"server-{k}", "--work-ms", str(work)]
+            servers.append(spawn(cmd + fail, ready_prefix=None))
+        endpoints = [s.expect("READY ").split()[1] for s in servers]
         return asyncio.run(scatter_gather(endpoints, args.total, args.timeout))
+    except SpawnError as exc:  # its stderr is written out below, before this message
+        raise SystemExit(f"server failed to start: no READY line from pid {exc.pid}") from None
     finally:
-        for p in procs:
-            stop_server(p)
+        stop_all(servers, timeout=5.0)  # SIGTERM to all, then SIGKILL; each reaped by pid
+        for s in servers:
+            sys.stderr.write(s.stderr)  # anything it logged (its stderr was captured, not our terminal)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,10 @@ Or in two terminals:  python patterns/sync_call.py --serve tcp://127.0.0.1:5555
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 
 import zcall
+from zcall.testing import SpawnError, spawn
 
 service = zcall.Service("doubler")
 
@@ -44,17 +44,15 @@ def main() -> None:
         return serve(args.serve)
     if args.call:
         return call(args.call)
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", "tcp://127.0.0.1:*"], stdout=subprocess.PIPE, text=True
-    )
+    try:  # start the server in a child process; returns once it has printed READY <endpoint>
+        server = spawn([__file__, "--serve", "tcp://127.0.0.1:*"])
+    except SpawnError as exc:
+        raise SystemExit(f"server failed to start: {exc}") from None
     try:
-        line = proc.stdout.readline()  # type: ignore[union-attr]
-        if not line.startswith("READY "):
-            raise SystemExit(f"server failed to start: {line!r}")
-        call(line.split()[1])
+        call(server.endpoint)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()  # SIGTERM, then SIGKILL; reaped by pid
+        sys.stderr.write(server.stderr)  # anything it logged (its stderr was captured, not our terminal)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import selectors
 import signal
-import subprocess
 import sys
 import time
 
 import zcall
+from zcall.testing import SpawnError, spawn
 
 service = zcall.Service("sleeper")
 
@@ -120,30 +119,6 @@ def compare(endpoint: str, calls: int, in_flight: int, delay_ms: float) -> None:
     print(f"speedup (async over sync): {sync.wall / aio.wall:.1f}x")
 
 
-def start_server(timeout: float = 10.0) -> tuple[subprocess.Popen[str], str]:
-    """Start ``--serve`` in a child process and return it with its endpoint, read from its READY line."""
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", "tcp://127.0.0.1:*"], stdout=subprocess.PIPE, text=True
-    )
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
-        line = proc.stdout.readline() if sel.select(timeout) else ""  # type: ignore[union-attr]
-    if not line.startswith("READY "):
-        stop_server(proc)
-        raise SystemExit(f"server failed to start: {line!r}")
-    return proc, line.split()[1]
-
-
-def stop_server(proc: subprocess.Popen[str]) -> None:
-    """Terminate the child by pid, kill it if it does not go, and reap it."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--serve", metavar="ENDPOINT", help="only serve, on ENDPOINT")
@@ -158,11 +133,15 @@ def main() -> None:
         parser.error("--calls and --in-flight must be >= 1, --delay-ms >= 0")
     if args.call:
         return compare(args.call, args.calls, args.in_flight, args.delay_ms)
-    proc, endpoint = start_server()
+    try:  # start the server in a child process; returns once it has printed READY <endpoint>
+        server = spawn([__file__, "--serve", "tcp://127.0.0.1:*"])
+    except SpawnError as exc:
+        raise SystemExit(f"server failed to start: {exc}") from None
     try:
-        compare(endpoint, args.calls, args.in_flight, args.delay_ms)
+        compare(server.endpoint, args.calls, args.in_flight, args.delay_ms)
     finally:
-        stop_server(proc)
+        server.stop()  # SIGTERM, then SIGKILL; reaped by pid
+        sys.stderr.write(server.stderr)  # anything it logged (its stderr was captured, not our terminal)
 
 
 if __name__ == "__main__":
