@@ -95,11 +95,15 @@ class _Pending:
         "idempotent",
         "aio",
         "token",
+        "callback",
+        "errback",
     )
 
     def __init__(
         self, rid: int, method: str, fut: Any, frame: bytes, deadline: float, idempotent: bool, aio: bool
     ) -> None:
+        self.callback: Callable[[Any], Any] | None = None
+        self.errback: Callable[[BaseException], Any] | None = None
         self.id = rid
         self.method = method
         self.fut = fut
@@ -179,6 +183,15 @@ class CallFuture(concurrent.futures.Future):  # type: ignore[type-arg]
     def __init__(self, home_thread: int | None) -> None:
         super().__init__()
         self._home_thread = home_thread
+        self._on_cancel: Callable[[], None] | None = None
+
+    def cancel(self) -> bool:
+        """Cancel the call: this future now, the server best effort (a cancel message); a late reply is
+        dropped."""
+        cancelled = super().cancel()
+        if cancelled and self._on_cancel is not None:
+            self._on_cancel()
+        return cancelled
 
     def _check_thread(self) -> None:
         if not self.done() and threading.get_ident() == self._home_thread:
@@ -414,41 +427,50 @@ class AsyncClient:
         except BaseException:
             self._slots.release()
             raise
-        fut: concurrent.futures.Future[Any] = CallFuture(self._thread_id)
+        fut = CallFuture(self._thread_id)
         deadline = self._loop.time() + timeout
         p = _Pending(rid, method, fut, frame, deadline, idempotent, False)
-        # One done-callback does both jobs: tidy up a user's cancel, and run callback/errback.
-        has_callbacks = callback is not None or errback is not None
-
-        def done(f: concurrent.futures.Future[Any]) -> None:
-            if f.cancelled():  # cancelled by the user, maybe from another thread: tidy up on the loop
-                self._run_soon(lambda: self._cancel_from_user(p))
-            elif has_callbacks:
-                self._run_callbacks(f, method, callback, errback)
-
-        fut.add_done_callback(done)
+        # callback/errback are called by the client as it settles the call (no done-callback on the
+        # future: that costs two more Condition round trips per call); a user's cancel() comes back
+        # through the future's hook, from any thread, and is tidied up on the loop.
+        p.callback, p.errback = callback, errback
+        fut._on_cancel = lambda: self._run_soon(lambda: self._cancel_from_user(p))
         self._run_soon(p)
         return fut
 
-    def _run_callbacks(
-        self,
-        f: concurrent.futures.Future[Any],
-        method: str,
-        callback: Callable[[Any], Any] | None,
-        errback: Callable[[BaseException], Any] | None,
-    ) -> None:
-        exc = f.exception()
+    def _settle_ok(self, p: _Pending, result: Any) -> None:
+        """The call succeeded: resolve its future, then its callback (callback face)."""
+        fut = p.fut
+        if fut.done():
+            return  # cancelled meanwhile
         try:
-            if exc is None:
-                if callback is not None:
-                    callback(f.result())
-            elif errback is not None:
-                errback(exc)
-            else:
-                log.warning("call %r failed and has no errback: %s", method, exc)
-        except Exception:
-            self.counters["callback_errors"] += 1
-            log.exception("callback for call %r raised (the client keeps going)", method)
+            fut.set_result(result)
+        except (asyncio.InvalidStateError, concurrent.futures.InvalidStateError):
+            return
+        if p.callback is not None:
+            try:
+                p.callback(result)
+            except Exception:
+                self.counters["callback_errors"] += 1
+                log.exception("callback for call %r raised (the client keeps going)", p.method)
+
+    def _settle_err(self, p: _Pending, exc: BaseException) -> None:
+        """The call failed: resolve its future, then its errback (or log, when it has only a callback)."""
+        fut = p.fut
+        if fut.done():
+            return
+        try:
+            fut.set_exception(exc)
+        except (asyncio.InvalidStateError, concurrent.futures.InvalidStateError):
+            return
+        if p.errback is not None:
+            try:
+                p.errback(exc)
+            except Exception:
+                self.counters["callback_errors"] += 1
+                log.exception("errback for call %r raised (the client keeps going)", p.method)
+        elif p.callback is not None:
+            log.warning("call %r failed and has no errback: %s", p.method, exc)
 
     def _cancel_from_user(self, p: _Pending) -> None:
         if self._pending.pop(p.id, None) is not None:
@@ -582,7 +604,7 @@ class AsyncClient:
         pending, self._pending = self._pending, {}
         for p in pending.values():  # calls still waiting for a connection are in here too
             self._finish(p, _CANCELLED)
-            _fail(p.fut, ClientClosed(f"client closed while call {p.method!r} was pending"))
+            self._settle_err(p, ClientClosed(f"client closed while call {p.method!r} was pending"))
         self._waiting.clear()
         for ch in self._channels:
             ch.close()
@@ -625,7 +647,7 @@ class AsyncClient:
     def _start(self, p: _Pending) -> None:
         if self._closed:
             self._slots.release()
-            _fail(p.fut, ClientClosed("AsyncClient is closed"))
+            self._settle_err(p, ClientClosed("AsyncClient is closed"))
             return
         if not p.aio and p.fut.cancelled():
             # Not set_running_or_notify_cancel(): a RUNNING future refuses cancel(), and a call
@@ -749,7 +771,7 @@ class AsyncClient:
         refused = [f"{ch.endpoint}: {ch.refused}" for ch in self._channels if ch.refused]
         if not sent and refused:
             detail += "; handshake failed at " + "; ".join(refused)
-        _fail(p.fut, CallTimeout(p.method, where, 1, self._loop.time() - p.started, detail))
+        self._settle_err(p, CallTimeout(p.method, where, 1, self._loop.time() - p.started, detail))
 
     def _abandon(self, p: _Pending, outcome: int, *, send_cancel: bool) -> None:
         """Forget a call that will not be answered here (timed out or cancelled); tell the server."""
@@ -778,7 +800,7 @@ class AsyncClient:
                 return
             self._finish(p, _OK)
             self.counters["replies"] += 1
-            _succeed(p.fut, fast[1])
+            self._settle_ok(p, fast[1])
             return
         try:
             msg = decode(body, self._codec)
@@ -789,7 +811,7 @@ class AsyncClient:
             p = self._pending.pop(rid, None) if rid else None
             if p is not None:
                 self._finish(p, _ERROR)
-                _fail(p.fut, exc)
+                self._settle_err(p, exc)
             return
         kind = type(msg)
         if kind is Reply or kind is ErrorReply:
@@ -800,7 +822,7 @@ class AsyncClient:
             if kind is Reply:
                 self._finish(p, _OK)
                 self.counters["replies"] += 1
-                _succeed(p.fut, msg.result)  # type: ignore[union-attr]
+                self._settle_ok(p, msg.result)  # type: ignore[union-attr]
             else:
                 err = msg.error  # type: ignore[union-attr]
                 self._finish(p, outcome_for_status(err.code))
@@ -815,7 +837,7 @@ class AsyncClient:
                     )
                 else:
                     exc2 = err.to_exception(p.method)
-                _fail(p.fut, exc2)
+                self._settle_err(p, exc2)
         elif kind is Event:
             self._on_event(ch, msg)  # type: ignore[arg-type]
         elif kind is Pong:
@@ -921,7 +943,7 @@ class AsyncClient:
             reason = str(chans[0].refused)
         else:
             reason = "; ".join(f"{c.endpoint}: {c.refused}" for c in chans)
-        _fail(p.fut, AuthenticationFailed(p.method, where, reason))
+        self._settle_err(p, AuthenticationFailed(p.method, where, reason))
 
     def _set_state(self, ch: _Channel, state: State) -> None:
         if ch.state is state:
@@ -976,7 +998,7 @@ class AsyncClient:
             del self._pending[p.id]
             self._finish(p, _ERROR)
             self.counters["connection_lost"] += 1
-            _fail(p.fut, ConnectionLost(p.method, ch.endpoint))
+            self._settle_err(p, ConnectionLost(p.method, ch.endpoint))
 
     def _subscribe(self, ch: _Channel) -> None:
         if not self._handlers and not ch.last_seq:
@@ -1028,22 +1050,6 @@ class AsyncCallOptions:
     def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Like ``AsyncClient.notify`` with these settings."""
         self._client._notify(method, args, kwargs, self.timeout, self.headers)
-
-
-def _succeed(fut: Any, result: Any) -> None:
-    if not fut.done():
-        try:
-            fut.set_result(result)
-        except (asyncio.InvalidStateError, concurrent.futures.InvalidStateError):
-            pass
-
-
-def _fail(fut: Any, exc: BaseException) -> None:
-    if not fut.done():
-        try:
-            fut.set_exception(exc)
-        except (asyncio.InvalidStateError, concurrent.futures.InvalidStateError):
-            pass
 
 
 def _log_handler_failure(f: asyncio.Future[Any]) -> None:
