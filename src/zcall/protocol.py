@@ -198,25 +198,24 @@ def _meta(deadline_ms: int | None, headers: dict[str, Any] | None, retry: bool =
 
 def encode(msg: Message, codec: Codec = default_codec) -> bytes:
     """One message → one frame. Raises ``SerializationError`` if a value cannot be sent."""
-    t = type(msg)
-    if t is Call:
+    if isinstance(msg, Call):
         meta = _meta(msg.deadline_ms, msg.headers, msg.retry)
-        return codec.packb([_V, Kind.CALL, msg.id, msg.method, msg.args, msg.kwargs, meta])
-    if t is Notify:
+        return codec.packb([_V, _CALL, msg.id, msg.method, msg.args, msg.kwargs, meta])
+    if isinstance(msg, Notify):
         meta = _meta(msg.deadline_ms, msg.headers)
-        return codec.packb([_V, Kind.NOTIFY, msg.id, msg.method, msg.args, msg.kwargs, meta])
-    if t is Reply:
-        return codec.packb([_V, Kind.REPLY, msg.id, msg.result])
-    if t is ErrorReply:
-        return codec.packb([_V, Kind.ERROR, msg.id, msg.error.to_wire()])
-    if t is Event:
-        return codec.packb([_V, Kind.EVENT, msg.id, msg.topic, msg.payload])
-    if t is Ping:
-        return codec.packb([_V, Kind.PING, msg.id])
-    if t is Pong:
-        return codec.packb([_V, Kind.PONG, msg.id])
-    if t is Cancel:
-        return codec.packb([_V, Kind.CANCEL, msg.id])
+        return codec.packb([_V, _NOTIFY, msg.id, msg.method, msg.args, msg.kwargs, meta])
+    if isinstance(msg, Reply):
+        return codec.packb([_V, _REPLY, msg.id, msg.result])
+    if isinstance(msg, ErrorReply):
+        return codec.packb([_V, int(Kind.ERROR), msg.id, msg.error.to_wire()])
+    if isinstance(msg, Event):
+        return codec.packb([_V, int(Kind.EVENT), msg.id, msg.topic, msg.payload])
+    if isinstance(msg, Ping):
+        return codec.packb([_V, int(Kind.PING), msg.id])
+    if isinstance(msg, Pong):
+        return codec.packb([_V, int(Kind.PONG), msg.id])
+    if isinstance(msg, Cancel):
+        return codec.packb([_V, int(Kind.CANCEL), msg.id])
     raise TypeError(f"not a zcall message: {msg!r}")
 
 
