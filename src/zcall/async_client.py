@@ -64,8 +64,6 @@ DEFAULT_MAX_IN_FLIGHT = 1000
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK_SNDMORE = _NOBLOCK | _SNDMORE
-_REPLY = Kind.REPLY
-_ERROR = Kind.ERROR
 _OK = int(Outcome.OK)
 _ERROR = int(Outcome.ERROR)
 _TIMEOUT = int(Outcome.TIMEOUT)
@@ -640,7 +638,7 @@ class AsyncClient:
                 if type(job) is _Pending:
                     start(job)
                 else:
-                    job()
+                    job()  # type: ignore[operator]
             except Exception:
                 log.exception("zcall client internal job failed")
 

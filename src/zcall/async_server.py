@@ -110,7 +110,7 @@ class AsyncServer:
         self._subscribers: dict[bytes, list[Any]] = {}
         self._sweep_at = _SWEEP_MIN  # table size at which gone subscribers are swept out
         self._notifying = 0  # one-way calls queued or running (bounded by max_in_flight too)
-        self._send_errno = 0  # errno of the last failed _send (EAGAIN: slow peer, EHOSTUNREACH: gone)
+        self._send_errno: int | None = 0  # errno of the last failed _send (EAGAIN: slow, EHOSTUNREACH: gone)
         self.counters = {"undeliverable": 0, "overloaded": 0, "cancelled": 0, "events_sent": 0, "pings": 0}
 
     # -- properties --------------------------------------------------------------------------------
@@ -337,24 +337,23 @@ class AsyncServer:
         envelope = frames[:-1]
         d = self._dispatch
         msg = d.decode(frames[-1])
-        t = type(msg)
-        if t is Call:
-            self._start_call(envelope, msg)  # type: ignore[arg-type]
-        elif t is bytes:
-            self._send(envelope, msg)  # type: ignore[arg-type]
-        elif t is Ping:
+        if isinstance(msg, Call):
+            self._start_call(envelope, msg)
+        elif isinstance(msg, bytes):
+            self._send(envelope, msg)
+        elif isinstance(msg, Ping):
             self.counters["pings"] += 1
             self._send(envelope, self._codec.packb([PROTOCOL_VERSION, Kind.PONG, msg.id]))
-        elif t is Notify:
-            self._notify(envelope, msg)  # type: ignore[arg-type]
-        elif t is Cancel:
+        elif isinstance(msg, Notify):
+            self._notify(envelope, msg)
+        elif isinstance(msg, Cancel):
             fut = self._in_flight.pop((envelope[0], msg.id), None)
             if fut is not None:
                 fut.cancel()
                 self.counters["cancelled"] += 1
                 self._call_done()
         else:
-            self._send(envelope, d.unexpected(msg))  # type: ignore[arg-type]
+            self._send(envelope, d.unexpected(msg))
 
     def _refuse(self, msg: Call) -> ErrorRecord | None:
         if self._closing:

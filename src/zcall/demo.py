@@ -141,8 +141,8 @@ def _async_run(you: Peer, calls: int, in_flight: int) -> tuple[float, list[float
             "inventory",
             "slow_lookup",
             "widget",
-            callback=lambda _r, t0=t0: finished(t0, None),
-            errback=lambda e, t0=t0: finished(t0, e),
+            callback=lambda _r, t0=t0: finished(t0, None),  # type: ignore[misc]
+            errback=lambda e, t0=t0: finished(t0, e),  # type: ignore[misc]
         )
     if not done.wait(30):
         raise TimeoutError(f"async comparison: {remaining[0]} calls never finished")

@@ -18,6 +18,7 @@ from .protocol import (
     ErrorRecord,
     Kind,
     Message,
+    Notify,
     decode,
     error_for,
     peek_id,
@@ -97,7 +98,7 @@ class Dispatcher:
         log.warning("bad message: %s", text)
         return self.error_frame(msg.id, ErrorRecord(StatusCode.PROTOCOL_ERROR, "zcall.ProtocolError", text))
 
-    def prepare(self, msg: Call) -> Method:
+    def prepare(self, msg: Call | Notify) -> Method:
         """Look the method up and bind the arguments; raises ``Rejected`` with the record to send."""
         self.counters["calls"] += 1
         try:

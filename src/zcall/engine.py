@@ -166,7 +166,7 @@ class Reader:
     ) -> None:
         self._loop = loop
         self._sock = sock
-        self._fd = sock.getsockopt(zmq.FD)
+        self._fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]
         self._on_message = on_message
         self._on_writable = on_writable
         self._scheduled = False
@@ -220,7 +220,7 @@ class Reader:
                 on_message(frames)
             else:  # budget spent: yield to other callbacks, come back for the rest
                 self._schedule()
-            if self._want_out and sock.getsockopt(_EVENTS) & _POLLOUT:
+            if self._want_out and sock.getsockopt(_EVENTS) & _POLLOUT:  # type: ignore[operator]
                 self._want_out = False
                 self._on_writable()  # type: ignore[misc]
         except zmq.ZMQError as exc:

@@ -13,7 +13,7 @@ import concurrent.futures
 import os
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -43,7 +43,7 @@ class Peer:
         *,
         bind: str = DEFAULT_BIND,
         sync_bind: str | None = None,
-        peers: dict[str, str | Sequence[str]] | None = None,
+        peers: Mapping[str, str | Sequence[str]] | None = None,
         timeout: float = 5.0,
         max_in_flight: int = 1000,
         workers: int | None = None,
@@ -234,7 +234,7 @@ class Peer:
             eps = self._endpoints(name)
         # Made without holding the lock: run_on waits for the loop, and a coroutine handler on that loop
         # may be waiting for the lock in client() itself (the loop would freeze until run_on timed out).
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "timeout": self.timeout,
             "context": self._ctx,
             "codec": self._codec,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 __all__ = ["IN_PROGRESS", "ReplyCache"]
@@ -48,7 +48,7 @@ class ReplyCache:
         self.ttl = ttl
         self._clock = clock
         # id -> [expires_at, frame or IN_PROGRESS, waiters (list of envelopes) or None]
-        self._entries: OrderedDict[int, list[Any]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, list[Any]] = OrderedDict()
         self._bytes = 0
         self.counters = {"hits": 0, "joined": 0, "evicted": 0, "expired": 0}
 
@@ -60,8 +60,10 @@ class ReplyCache:
         """Bytes of reply frames held now."""
         return self._bytes
 
-    def begin(self, rid: int) -> Any:
-        """``None``: a new call (now marked running); ``IN_PROGRESS``; or the cached reply frame."""
+    def begin(self, rid: Hashable) -> Any:
+        """``None``: a new call (now marked running); ``IN_PROGRESS``; or the cached reply frame.
+
+        ``rid`` is any hashable key; zcall's servers use ``(request id, method)``."""
         self._expire()
         e = self._entries.get(rid)
         if e is None:
@@ -74,7 +76,7 @@ class ReplyCache:
         self.counters["hits"] += 1
         return e[1]
 
-    def wait(self, rid: int, waiter: Any) -> None:
+    def wait(self, rid: Hashable, waiter: Any) -> None:
         """Remember someone else to answer when the running call ``rid`` completes (a resend)."""
         e = self._entries.get(rid)
         if e is not None and e[1] is IN_PROGRESS:
@@ -82,7 +84,7 @@ class ReplyCache:
                 e[2] = []
             e[2].append(waiter)
 
-    def complete(self, rid: int, frame: bytes) -> list[Any]:
+    def complete(self, rid: Hashable, frame: bytes) -> list[Any]:
         """Store the reply of ``rid``; returns the waiters that joined while it ran (to answer too)."""
         e = self._entries.get(rid)
         if e is None:  # evicted while running: nothing to remember it by
@@ -96,7 +98,7 @@ class ReplyCache:
         self._evict()
         return waiters
 
-    def forget(self, rid: int) -> None:
+    def forget(self, rid: Hashable) -> None:
         """Drop ``rid`` (the call was refused before running: a resend may run it)."""
         e = self._entries.pop(rid, None)
         if e is not None and e[1] is not IN_PROGRESS:

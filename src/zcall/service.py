@@ -152,7 +152,7 @@ class Service:
         self, *, name: str | None = None, inline: bool = False, idempotent: bool = False
     ) -> Callable[[F], F]: ...
 
-    def method(
+    def method(  # type: ignore[misc]  # the bare and the keyword-only forms in one body
         self,
         fn: F | None = None,
         /,

@@ -226,27 +226,26 @@ class SyncServer:
     def _handle(self, frame: bytes) -> bytes:
         d = self._dispatch
         msg = d.decode(frame)
-        t = type(msg)
-        if t is bytes:
-            return msg  # type: ignore[return-value]
-        if t is Call:
+        if isinstance(msg, bytes):
+            return msg
+        if isinstance(msg, Call):
             try:
-                method = d.prepare(msg)  # type: ignore[arg-type]
+                method = d.prepare(msg)
             except Rejected as r:
                 return d.rejected_frame(msg.id, r.record)
-            if msg.deadline_ms == 0:  # type: ignore[union-attr]
+            if msg.deadline_ms == 0:
                 expired = Rejected(StatusCode.DEADLINE_EXCEEDED, "deadline passed before the call started")
                 return d.rejected_frame(msg.id, expired.record, method=method.name)
             # at most once: a resend is answered from the reply cache, never run again (keyed with the
             # method too, so a guessed id alone cannot fetch another caller's reply)
-            cached = (msg.id, msg.method) if msg.retry and not method.idempotent else None  # type: ignore[union-attr]
+            cached = (msg.id, msg.method) if msg.retry and not method.idempotent else None
             if cached is not None:
                 seen = d.replies.begin(cached)
                 if seen is not None and seen is not IN_PROGRESS:
                     return seen  # type: ignore[no-any-return]
             token = d.metrics.started(method.name)
             try:
-                result = method.fn(*msg.args, **msg.kwargs)  # type: ignore[union-attr]
+                result = method.fn(*msg.args, **msg.kwargs)
                 if method.is_coroutine or (type(result) not in _PLAIN and inspect.isawaitable(result)):
                     result = self._run_coroutine(result)
             except Exception as exc:
@@ -256,22 +255,22 @@ class SyncServer:
             if cached is not None:
                 d.replies.complete(cached, frame)
             return frame
-        if t is Ping:
+        if isinstance(msg, Ping):
             return d.codec.packb([PROTOCOL_VERSION, Kind.PONG, msg.id])
-        if t is Notify:
+        if isinstance(msg, Notify):
             try:
-                method = d.prepare(msg)  # type: ignore[arg-type]
-                result = method.fn(*msg.args, **msg.kwargs)  # type: ignore[union-attr]
+                method = d.prepare(msg)
+                result = method.fn(*msg.args, **msg.kwargs)
                 if inspect.isawaitable(result):
                     self._run_coroutine(result)
             except Rejected as r:
-                log.warning("notify %r refused: %s", msg.method, r)  # type: ignore[union-attr]
+                log.warning("notify %r refused: %s", msg.method, r)
             except Exception as exc:
-                log.info("notify handler %r raised %s: %s", msg.method, type(exc).__name__, exc)  # type: ignore[union-attr]
+                log.info("notify handler %r raised %s: %s", msg.method, type(exc).__name__, exc)
             return ACK
-        if t is Cancel:
+        if isinstance(msg, Cancel):
             return ACK  # nothing to cancel: a REP server runs one call at a time, already finished
-        return d.unexpected(msg)  # type: ignore[arg-type]
+        return d.unexpected(msg)
 
     def _run_coroutine(self, awaitable: Any) -> Any:
         if self._loop is None:
