@@ -26,7 +26,7 @@ from .errors import CallTimeout, ClientClosed, RemoteError
 from .ids import IdSource
 from .metrics import Metrics, Outcome, outcome_for_exception
 from .protocol import ErrorReply, Reply, call_frame, decode
-from .sockets import apply_size_limit, close_quietly, normalize_endpoints
+from .sockets import apply_size_limit, close_quietly, fast_send, normalize_endpoints
 from .status import StatusCode
 
 if TYPE_CHECKING:
@@ -219,7 +219,7 @@ class SyncClient:
                 if req.timeout_ms != timeout_ms:  # pyzmq's sock.rcvtimeo getter costs microseconds
                     sock.setsockopt(_RCVTIMEO, timeout_ms)
                     req.timeout_ms = timeout_ms
-                sock.send(frame)
+                req.send(frame, 0)
                 try:
                     data = sock.recv()
                 except zmq.Again:
@@ -259,12 +259,13 @@ class SyncClient:
 
 
 class _Req:
-    """A pooled REQ socket and the receive timeout last set on it (reading it back is slow)."""
+    """A pooled REQ socket, its fast send, and the receive timeout last set on it (reading it is slow)."""
 
-    __slots__ = ("sock", "timeout_ms")
+    __slots__ = ("sock", "send", "timeout_ms")
 
     def __init__(self, sock: zmq.Socket) -> None:
         self.sock = sock
+        self.send = fast_send(sock)
         self.timeout_ms = -1
 
 
