@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 import threading
 import time
@@ -47,17 +46,10 @@ async def double(x: int) -> int:
 
 def serve(endpoint: str) -> None:
     """Serve ``double`` on an AsyncServer until Ctrl-C or SIGTERM, then stop gracefully."""
-
-    async def main() -> None:
-        async with zcall.AsyncServer(service, endpoint) as server:
-            print(f"READY {server.endpoint}", flush=True)  # the parent waits for this line, not a sleep
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
-
-    asyncio.run(main())
+    # READY (the line the parent waits for, never a sleep) goes out once bound; Ctrl-C and SIGTERM stop
+    # the server gracefully (calls in flight get their grace period).
+    server = zcall.AsyncServer(service, endpoint)
+    server.serve_forever(on_ready=lambda ep: print(f"READY {ep}", flush=True))
 
 
 @dataclass

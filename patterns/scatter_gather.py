@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import itertools
 import os
-import signal
 import sys
 import time
 from typing import Any
@@ -53,17 +52,10 @@ def square_sum(lo: int, hi: int) -> int:
 
 def serve(endpoint: str) -> None:
     """Serve ``partial`` on an AsyncServer until Ctrl-C or SIGTERM."""
-
-    async def main() -> None:
-        async with zcall.AsyncServer(service, endpoint) as server:
-            print(f"READY {server.endpoint}", flush=True)  # the parent waits for this line, not a sleep
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
-
-    asyncio.run(main())
+    # READY (the line the parent waits for, never a sleep) goes out once bound; Ctrl-C and SIGTERM stop
+    # the server gracefully (calls in flight get their grace period).
+    server = zcall.AsyncServer(service, endpoint)
+    server.serve_forever(on_ready=lambda ep: print(f"READY {ep}", flush=True))
 
 
 def ranges(total: int, n: int) -> list[tuple[int, int]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import signal
 import sys
 import time
 
@@ -37,17 +36,10 @@ async def work(i: int, delay_ms: float) -> int:
 
 def serve(endpoint: str) -> None:
     """Serve ``work`` on an AsyncServer until Ctrl-C or SIGTERM."""
-
-    async def main() -> None:
-        async with zcall.AsyncServer(service, endpoint) as server:
-            print(f"READY {server.endpoint}", flush=True)  # the parent waits for this line, not a sleep
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
-
-    asyncio.run(main())
+    # READY (the line the parent waits for, never a sleep) goes out once bound; Ctrl-C and SIGTERM stop
+    # the server gracefully (calls in flight get their grace period).
+    server = zcall.AsyncServer(service, endpoint)
+    server.serve_forever(on_ready=lambda ep: print(f"READY {ep}", flush=True))
 
 
 class Run:
