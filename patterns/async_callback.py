@@ -44,6 +44,17 @@ async def double(x: int) -> int:
     return x * 2
 
 
+_print_lock = threading.Lock()
+
+
+def say(line: str) -> None:
+    """Print one whole line: the callback (on zcall's engine thread) and the caller print at once, and
+    ``print`` writes the text and its newline separately, so lines could interleave."""
+    with _print_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
 def serve(endpoint: str) -> None:
     """Serve ``double`` on an AsyncServer until Ctrl-C or SIGTERM, then stop gracefully."""
     # READY (the line the parent waits for, never a sleep) goes out once bound; Ctrl-C and SIGTERM stop
@@ -72,13 +83,13 @@ def call(endpoint: str, timeout: float = 5.0) -> int:
     """Make the asynchronous call, work meanwhile, and wait for the callback; returns an exit code."""
 
     def on_result(result: Any) -> None:  # step 4: runs on zcall's engine thread when the reply arrives
-        print(f"async call result: {result}", flush=True)
+        say(f"async call result: {result}")
         request.outcome["result"] = result
         request.outcome["at"] = time.perf_counter()
         request.done.set()
 
     def on_error(exc: BaseException) -> None:
-        print(f"async call failed: {type(exc).__name__}: {exc}", flush=True)
+        say(f"async call failed: {type(exc).__name__}: {exc}")
         request.outcome["error"] = exc
         request.outcome["at"] = time.perf_counter()
         request.done.set()
@@ -93,21 +104,17 @@ def call(endpoint: str, timeout: float = 5.0) -> int:
         deadline = time.monotonic() + timeout + 1.0
         while not request.done.is_set() and time.monotonic() < deadline:
             step += 1
-            print(
-                f"caller: doing other work while double({request.param}) is in flight (step {step})",
-                flush=True,
-            )
+            say(f"caller: doing other work while double({request.param}) is in flight (step {step})")
             checksum ^= other_work(step)
             request.done.wait(0.05)  # the rest of this work slice; returns at once if the callback fires
         if not request.done.wait(timeout=1.0):  # deterministic: the Event, with a bound
-            print(f"no callback within {timeout:.1f}s", flush=True)
+            say(f"no callback within {timeout:.1f}s")
             return 1
     elapsed_ms = (request.outcome["at"] - sent_at) * 1000
     which = "callback" if "result" in request.outcome else "errback"
-    print(
+    say(
         f"caller: {which} arrived after {elapsed_ms:.0f} ms; meanwhile the main thread did {step} "
-        f"slice(s) of other work (checksum {checksum}) and never blocked on the call",
-        flush=True,
+        f"slice(s) of other work (checksum {checksum}) and never blocked on the call"
     )
     return 0 if request.outcome.get("result") == request.param * 2 else 1
 
