@@ -239,10 +239,10 @@ def test_stats_watch_refreshes_until_ctrl_c(served: ProcessHandle) -> None:
         ["-m", "zcall", "stats", served.endpoint, "--watch", "0.1"],
         ready_prefix="-- ",
         env=child_env(),
-        timeout=15,
+        timeout=30,
     )
     try:
-        watcher.expect("-- ", timeout=10)  # a second refresh
+        watcher.expect("-- ", timeout=30)  # a second refresh (generous: a loaded box starts slowly)
         watcher.send_signal(signal.SIGINT)
         assert watcher.wait(timeout=10) == 0
     finally:
