@@ -64,5 +64,5 @@ def test_pattern_two_terminals(
         for line in expected:
             assert line in lines, (lines, stderr)
         server.send_signal(stop_with)
-        assert server.wait(timeout=5) == 0, server.stderr
+        assert server.wait(timeout=15) == 0, server.stderr
     assert "Traceback" not in server.stderr, server.stderr
