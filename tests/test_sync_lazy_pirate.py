@@ -81,7 +81,9 @@ def test_leaked_req_socket_would_be_counted() -> None:
     before = open_fds()
     socks = [ctx.socket(zmq.REQ) for _ in range(20)]
     try:
-        assert open_fds() >= before + 20
+        # >= 20 new descriptors, less a margin: sockets closed by earlier tests may be reaped by libzmq
+        # meanwhile (the leak test above tolerates +4, far below this)
+        assert open_fds() >= before + 15
     finally:
         for s in socks:
             s.close(linger=0)
