@@ -42,7 +42,7 @@ def test_close_fails_pending_calls_with_client_closed_and_does_not_hang(
     probe.wait_started("c4")
     t0 = time.monotonic()
     c.close()
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 5.0  # not the 20 s the calls would take
     for f in futs:
         assert isinstance(f.exception(1), zcall.ClientClosed)
     assert len(errors) == 5 and all(isinstance(e, zcall.ClientClosed) for e in errors)
@@ -100,7 +100,7 @@ def test_stop_with_grace_finishes_in_flight_calls_and_refuses_new_ones() -> None
             assert in_flight.result(5) == "grace"
             stopper.join(5)
             assert not stopper.is_alive()
-            assert time.monotonic() - t0 < 2.0  # it waited for the call, not for the whole grace
+            assert time.monotonic() - t0 < 4.0  # it waited for the 0.6 s call, not the whole 5 s grace
     finally:
         logger.removeHandler(signal)
         logger.setLevel(old_level)
@@ -116,10 +116,10 @@ def test_stop_grace_expiry_answers_unfinished_calls_with_server_busy(
         probe.wait_started("cut")
         t0 = time.monotonic()
         server.stop(0.3)
-        assert time.monotonic() - t0 < 1.5
+        assert time.monotonic() - t0 < 5.0  # the grace, not the 10 s call
         err = fut.exception(5)
         assert isinstance(err, zcall.ServerBusy | zcall.ConnectionLost), err
-        assert time.monotonic() - t0 < 2.0
+        assert time.monotonic() - t0 < 5.0
         probe.wait_cancelled("cut")
 
 

@@ -171,7 +171,7 @@ def test_call_with_no_server_ever_times_out_saying_never_sent(unused_tcp_endpoin
         err = c.call_async("triple", 1).exception(5)
         assert isinstance(err, zcall.CallTimeout)
         assert "never sent" in str(err) and unused_tcp_endpoint in str(err)
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 3.0  # at its 0.3 s deadline, give or take a loaded box
 
 
 # -- several endpoints -------------------------------------------------------------------------------

@@ -336,13 +336,13 @@ def test_async_client_sees_a_cut_as_connection_lost() -> None:
         zcall.AsyncClient(p.endpoint, timeout=10) as c,
     ):
         assert c.call_async("nap", 0).result(5) == 0
-        fut = c.call_async("nap", 3.0)
+        fut = c.call_async("nap", 10.0)
         p.wait_for(lambda s: s["requests"]["forwarded"] >= 2)
         t0 = time.monotonic()
         p.cut()
         with pytest.raises(zcall.ConnectionLost):
-            fut.result(5)
-        assert time.monotonic() - t0 < 1.0
+            fut.result(8)
+        assert time.monotonic() - t0 < 5.0  # promptly, not when the 10 s call would have ended
         p.restore()
         assert c.call_async("nap", 0).result(5) == 0
 
@@ -390,7 +390,7 @@ def test_close_uses_linger_zero_so_context_term_returns() -> None:
         p.close()  # idempotent
         t0 = time.monotonic()
         ctx.term()
-        assert time.monotonic() - t0 < 2.0
+        assert time.monotonic() - t0 < 5.0  # returns (a LINGER left unbounded would hang here)
         with pytest.raises(RuntimeError, match="not running"):
             p.drop("requests")
         assert ep  # the echo server was never needed

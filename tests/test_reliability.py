@@ -219,11 +219,11 @@ def test_frozen_server_is_declared_dead_fails_pending_calls_and_is_used_again_af
             t0 = time.monotonic()
             pending = [client.call_async("double", i) for i in range(3)]
             t_dead = log.wait(State.DEAD, t0, timeout=5)
-            assert t_dead - t0 < 1.0, f"declared dead {t_dead - t0:.2f}s after the freeze"
+            assert t_dead - t0 < 2.0, f"declared dead {t_dead - t0:.2f}s after the freeze"
             for fut in pending:
                 assert isinstance(fut.exception(timeout=2), zcall.ConnectionLost)
             t_failed = time.monotonic() - t0
-            assert t_failed < 1.5  # promptly, not at their 10 s timeout
+            assert t_failed < 3.0  # promptly, not at their 10 s timeout
             assert client.liveness() == {handle.endpoint: State.DEAD}
             time.sleep(max(0.0, frozen_for - (time.monotonic() - t0)))  # the freeze is the behaviour
         finally:
@@ -286,8 +286,8 @@ def test_killed_server_fails_pending_calls_promptly_and_the_restart_is_used(
         t0 = time.monotonic()
         first.kill()
         for fut in pending:
-            assert isinstance(fut.exception(timeout=3), zcall.ConnectionLost)
-        assert time.monotonic() - t0 < 1.0
+            assert isinstance(fut.exception(timeout=4), zcall.ConnectionLost)
+        assert time.monotonic() - t0 < 3.0  # promptly, not when the 5 s calls would have ended
         assert first.wait(5) == -signal.SIGKILL
         second = start_server(zcall_tcp_endpoint, heartbeat=FAST_HB)
         assert client.call_async("pid").result(5) == second.pid

@@ -27,7 +27,7 @@ def test_dead_endpoint_is_skipped_and_then_avoided(
         # the live endpoint went first from then on: one attempt per call, no timeout paid again
         assert client.counters["attempts"] == 22
         assert client.counters["timeouts"] == 1
-        assert took < 1.0
+        assert took < 5.0  # 20 calls paying the timeout again would take 10 s
 
 
 def test_all_endpoints_dead_names_every_endpoint(tmp_path) -> None:
@@ -67,7 +67,7 @@ def test_server_killed_mid_call_times_out_and_client_recovers(
         assert first.wait(timeout=5) < 0  # killed by a signal, not exited
         with pytest.raises(zcall.CallTimeout) as info:
             in_flight.result(timeout=5)
-        assert time.monotonic() - t0 < 1.0  # within the client's own timeout (0.5 s), not a hang
+        assert time.monotonic() - t0 < 4.0  # the client's own timeout (0.5 s), not the 30 s call or a hang
         assert info.value.endpoints == [endpoint]
         second = spawn_test_server(endpoint)  # a new server on the very same endpoint
         assert client.call("pid") == second.pid

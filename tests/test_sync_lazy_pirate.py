@@ -41,7 +41,7 @@ def test_no_server_raises_call_timeout_after_retries_plus_one_attempts(nobody_ho
     text = str(err)
     assert nobody_home in text and "'double'" in text and "3 attempts" in text
     assert f"{err.elapsed:.3f}s" in text
-    assert took < 2.0
+    assert took < 5.0  # three 50 ms attempts, not a hang
 
 
 def test_same_client_never_efsm_and_works_once_a_server_comes_up(
