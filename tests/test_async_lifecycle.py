@@ -223,9 +223,9 @@ def test_cancelling_serve_closes_the_server() -> None:
 
     async def main() -> str:
         server = zcall.AsyncServer(svc)
-        task = asyncio.create_task(server.serve(grace=0.1))
-        await asyncio.sleep(0)  # one turn: serve() binds before its first await
-        endpoint = server.endpoint
+        bound: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(server.serve(grace=0.1, on_ready=bound.set_result))
+        endpoint = await asyncio.wait_for(bound, 5)  # the bind signal, not a scheduler turn
         async with zcall.AsyncClient(endpoint, timeout=5.0) as c:
             assert await c.call("triple", 4) == 12
             task.cancel()

@@ -34,7 +34,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from .async_server import SUBSCRIBE_METHOD, topic_matches
 from .codec import Codec, default_codec
-from .engine import Reader, engine, run_on
+from .engine import Reader, engine, run_on, running_loop
 from .errors import (
     AuthenticationFailed,
     Backpressure,
@@ -555,7 +555,7 @@ class AsyncClient:
         if self._closed:
             return
         loop = self._loop
-        if _running_loop() is loop or loop.is_closed() or not loop.is_running():
+        if running_loop() is loop or loop.is_closed() or not loop.is_running():
             # on the loop, or nobody runs it (an asyncio client closed after its loop finished): no
             # other thread can be using the sockets, so close them right here
             self._close_now()
@@ -1053,10 +1053,3 @@ class AsyncCallOptions:
 def _log_handler_failure(f: asyncio.Future[Any]) -> None:
     if not f.cancelled() and f.exception() is not None:
         log.error("async event handler raised: %r", f.exception())
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

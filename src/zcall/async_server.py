@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from .codec import Codec, default_codec
-from .dispatch import Dispatcher
-from .engine import Reader, engine, run_on
+from .dispatch import NEVER_AWAITABLE, Dispatcher
+from .engine import Reader, engine, run_on, running_loop
 from .liveness import DEFAULT_HEARTBEAT, Heartbeat
 from .metrics import CallToken, Outcome
 from .protocol import PROTOCOL_VERSION, Call, Cancel, ErrorRecord, Kind, Notify, Ping
@@ -46,7 +46,6 @@ SUBSCRIBE_METHOD = "zcall.subscribe"
 DEFAULT_MAX_IN_FLIGHT = 1000
 _SWEEP_MIN = 64  # the subscriber table is never swept for gone clients below this size
 _CANCELLED = int(Outcome.CANCELLED)
-_PLAIN = frozenset((int, float, str, bytes, bool, list, dict, type(None)))  # never awaitable: skip the check
 _EVENT_HEAD = bytes([0x95, PROTOCOL_VERSION, Kind.EVENT])  # msgpack fixarray(5), version, kind
 
 # plain ints: combining pyzmq's enum flags (NOBLOCK | SNDMORE) costs about a microsecond each time
@@ -157,7 +156,7 @@ class AsyncServer:
         loop = self._loop
         if loop is None or self._closing:
             return
-        if _running_loop() is loop:
+        if running_loop() is loop:
             raise RuntimeError("stop() would block the server's own loop: use 'await server.aclose()'")
         asyncio.run_coroutine_threadsafe(self.aclose(grace), loop).result(grace + 10)
         if self._uses_engine:
@@ -255,7 +254,7 @@ class AsyncServer:
         loop = self._loop
         if loop is None:
             raise RuntimeError("server is not started")
-        if _running_loop() is loop:
+        if running_loop() is loop:
             self._publish(topic, payload)
         else:
             loop.call_soon_threadsafe(self._publish, topic, payload)
@@ -402,7 +401,7 @@ class AsyncServer:
             except Exception as exc:
                 self._reply(envelope, msg.id, cached, d.exception_frame(msg.id, method.name, exc, token))
                 return
-            if type(result) in _PLAIN or not asyncio.iscoroutine(result):
+            if type(result) in NEVER_AWAITABLE or not asyncio.iscoroutine(result):
                 self._reply(envelope, msg.id, cached, d.reply_frame(msg.id, result, token))
                 return
             fut: asyncio.Future[Any] = asyncio.ensure_future(result, loop=self._loop)
@@ -549,10 +548,3 @@ def _log_notify_failure(name: str) -> Callable[[asyncio.Future[Any]], None]:
             log.info("notify handler %r raised %s: %s", name, type(exc).__name__, exc)
 
     return done
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

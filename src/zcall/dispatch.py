@@ -27,13 +27,16 @@ from .replycache import ReplyCache
 from .service import Method, Rejected, Service
 from .status import StatusCode
 
-__all__ = ["Dispatcher", "ACK"]
+__all__ = ["ACK", "NEVER_AWAITABLE", "Dispatcher"]
 
 log = logging.getLogger("zcall.server")
 
 _OK = int(Outcome.OK)
 _ERROR = int(Outcome.ERROR)
 _REJECTED = int(Outcome.REJECTED)
+
+NEVER_AWAITABLE = frozenset((int, float, str, bytes, bool, list, dict, type(None)))
+"""Result types a server need not check for awaitability (the check costs on the hot path)."""
 
 ACK = b""
 """An empty body: what a REP server sends when it must answer but the request wants no reply."""

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import zmq
 
-__all__ = ["Engine", "Reader", "engine"]
+__all__ = ["Engine", "Reader", "engine", "run_on", "running_loop"]
 
 log = logging.getLogger("zcall.engine")
 
@@ -112,7 +112,7 @@ atexit.register(engine.stop)
 
 def run_on(loop: asyncio.AbstractEventLoop, fn: Callable[..., T], *args: Any, timeout: float = 30.0) -> T:
     """Run ``fn(*args)`` on ``loop``'s thread and return its result (directly if already there)."""
-    if _running_loop() is loop:
+    if running_loop() is loop:
         return fn(*args)
     fut: concurrent.futures.Future[T] = concurrent.futures.Future()
 
@@ -126,7 +126,7 @@ def run_on(loop: asyncio.AbstractEventLoop, fn: Callable[..., T], *args: Any, ti
     return fut.result(timeout)
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
+def running_loop() -> asyncio.AbstractEventLoop | None:
     try:
         return asyncio.get_running_loop()
     except RuntimeError:

@@ -8,7 +8,6 @@ is no central process; zmq reconnects, so peers may start in any order.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import os
 import signal
@@ -23,7 +22,7 @@ import zmq
 from .async_client import AsyncClient
 from .async_server import AsyncServer
 from .codec import Codec, default_codec
-from .engine import run_on
+from .engine import run_on, running_loop
 from .security import ClientSecurity, ServerSecurity
 from .service import Service
 from .sockets import DEFAULT_BIND, normalize_endpoints
@@ -277,7 +276,7 @@ class Peer:
 
     def call(self, peer: str, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` on ``peer`` and block for the result (REQ). Not from a coroutine: use ``acall``."""
-        if self._server is not None and _running_loop() is self._server._loop:
+        if self._server is not None and running_loop() is self._server._loop:
             raise RuntimeError(
                 "Peer.call() blocks, and this is the peer's event loop (a coroutine or inline handler): "
                 "use 'await peer.acall(...)' here"
@@ -335,10 +334,3 @@ class Peer:
             "clients": {n: c.statistics() for n, c in list(self._async_clients.items())},
             "sync_clients": {n: dict(c.counters) for n, c in list(self._sync_clients.items())},
         }
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from .codec import Codec, default_codec
-from .dispatch import ACK, Dispatcher
+from .dispatch import ACK, NEVER_AWAITABLE, Dispatcher
 from .protocol import PROTOCOL_VERSION, Call, Cancel, Kind, Notify, Ping
 from .replycache import IN_PROGRESS, ReplyCache
 from .service import Rejected, Service
@@ -30,7 +30,6 @@ __all__ = ["SyncServer"]
 
 log = logging.getLogger("zcall.server")
 
-_PLAIN = frozenset((int, float, str, bytes, bool, list, dict, type(None)))  # never awaitable: skip the check
 
 _server_numbers = itertools.count(1)  # names each server's inproc stop address; never reused
 
@@ -246,7 +245,8 @@ class SyncServer:
             token = d.metrics.started(method.name)
             try:
                 result = method.fn(*msg.args, **msg.kwargs)
-                if method.is_coroutine or (type(result) not in _PLAIN and inspect.isawaitable(result)):
+                plain = type(result) in NEVER_AWAITABLE
+                if method.is_coroutine or (not plain and inspect.isawaitable(result)):
                     result = self._run_coroutine(result)
             except Exception as exc:
                 frame = d.exception_frame(msg.id, method.name, exc, token)
