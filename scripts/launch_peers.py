@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import zcall
-from zcall.launch import Launcher, PeerSpec, Topology
+from zcall.tools.launch import Launcher, PeerSpec, Topology
 
 HERE = Path(__file__).resolve().parent
 

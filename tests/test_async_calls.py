@@ -18,7 +18,7 @@ import zmq
 import zcall
 from helpers.async_services import Probe
 from helpers.async_support import raw_socket, recv_message, served
-from zcall.protocol import Call, Notify, Reply, encode
+from zcall.protocol.wire import Call, Notify, Reply, encode
 
 pytestmark = pytest.mark.timeout(20)
 

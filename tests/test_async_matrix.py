@@ -15,7 +15,7 @@ import zmq
 import zcall
 from helpers.async_services import Probe
 from helpers.async_support import raw_socket, recv_message, served
-from zcall.protocol import Call, Ping, Pong, Reply, encode
+from zcall.protocol.wire import Call, Ping, Pong, Reply, encode
 from zcall.testing import running_server
 
 pytestmark = pytest.mark.timeout(20)

@@ -17,7 +17,7 @@ import zmq
 import zcall
 from helpers.async_services import Probe, make_service
 from helpers.async_support import raw_socket, recv_message, served, spawn_async_server
-from zcall.protocol import Call, ErrorReply, Reply, encode
+from zcall.protocol.wire import Call, ErrorReply, Reply, encode
 from zcall.testing import ProcessHandle
 
 pytestmark = pytest.mark.timeout(30)

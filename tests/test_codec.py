@@ -11,8 +11,8 @@ from decimal import Decimal
 import msgpack
 import pytest
 
-from zcall.codec import DEFAULT_MAX_MESSAGE_SIZE, Codec, default_codec, register_type
 from zcall.errors import MessageTooLarge, ProtocolError, SerializationError
+from zcall.protocol.codec import DEFAULT_MAX_MESSAGE_SIZE, Codec, default_codec, register_type
 
 
 @dataclass(frozen=True)

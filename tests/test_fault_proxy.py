@@ -18,7 +18,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 import zcall
-from zcall.protocol import Call, Ping, Reply, encode
+from zcall.protocol.wire import Call, Ping, Reply, encode
 from zcall.testing import FaultProxy, ipc_endpoint, is_call, is_reply, kind_of
 
 pytestmark = pytest.mark.timeout(30)

@@ -9,9 +9,10 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zcall.codec import Codec
 from zcall.errors import ProtocolError
-from zcall.protocol import (
+from zcall.protocol.codec import Codec
+from zcall.protocol.status import StatusCode
+from zcall.protocol.wire import (
     MAX_ID,
     BadMessage,
     Call,
@@ -27,7 +28,6 @@ from zcall.protocol import (
     decode,
     encode,
 )
-from zcall.status import StatusCode
 
 MESSAGE_TYPES = (Call, Notify, Reply, ErrorReply, Event, Ping, Pong, Cancel)
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

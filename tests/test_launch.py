@@ -12,8 +12,8 @@ import pytest
 
 import zcall
 from helpers.cli_support import REPO_ROOT, TESTS_DIR, child_env, kill_pids, wait_gone, zcall_cli
-from zcall.launch import Launcher, PeerSpec, Topology, TopologyError, load_topology
 from zcall.testing import ProcessHandle, spawn
+from zcall.tools.launch import Launcher, PeerSpec, Topology, TopologyError, load_topology
 
 MESH = f"""
 [launch]

@@ -14,7 +14,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zcall.codec import default_codec
 from zcall.errors import (
     Backpressure,
     CallTimeout,
@@ -26,7 +25,9 @@ from zcall.errors import (
     SerializationError,
     ServerBusy,
 )
-from zcall.metrics import (
+from zcall.protocol.codec import default_codec
+from zcall.protocol.status import StatusCode
+from zcall.service.metrics import (
     BOUNDS,
     MAX_NAME_LENGTH,
     NBUCKETS,
@@ -40,7 +41,6 @@ from zcall.metrics import (
     outcome_for_exception,
     outcome_for_status,
 )
-from zcall.status import StatusCode
 
 
 class FakeClock:

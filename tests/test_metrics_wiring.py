@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import zcall
-from zcall.metrics import OTHER
+from zcall.service.metrics import OTHER
 from zcall.testing import spawn_server
 
 TESTS_DIR = Path(__file__).resolve().parent

@@ -8,7 +8,6 @@ import datetime as dt
 import msgpack
 import pytest
 
-from zcall.codec import Codec
 from zcall.errors import (
     DeadlineExceeded,
     InvalidArguments,
@@ -19,7 +18,9 @@ from zcall.errors import (
     SerializationError,
     ServerBusy,
 )
-from zcall.protocol import (
+from zcall.protocol.codec import Codec
+from zcall.protocol.status import StatusCode
+from zcall.protocol.wire import (
     MAX_ID,
     BadMessage,
     Call,
@@ -39,7 +40,6 @@ from zcall.protocol import (
     error_for,
     peek_id,
 )
-from zcall.status import StatusCode
 
 ID = 0x1234ABCD_00000007
 WHEN = dt.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=dt.UTC)

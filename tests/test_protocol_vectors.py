@@ -11,10 +11,11 @@ from typing import Any
 import msgpack
 import pytest
 
-from zcall import protocol
-from zcall.codec import Codec, default_codec
 from zcall.errors import MessageTooLarge, ProtocolError
-from zcall.protocol import (
+from zcall.protocol import wire as protocol
+from zcall.protocol.codec import Codec, default_codec
+from zcall.protocol.status import StatusCode
+from zcall.protocol.wire import (
     Call,
     Cancel,
     ErrorRecord,
@@ -26,7 +27,6 @@ from zcall.protocol import (
     Pong,
     Reply,
 )
-from zcall.status import StatusCode
 
 VECTORS_PATH = pathlib.Path(__file__).resolve().parent.parent / "docs" / "protocol-vectors.json"
 VECTORS: list[dict[str, Any]] = json.loads(VECTORS_PATH.read_text())

@@ -117,7 +117,7 @@ def _python(code: str, env: dict[str, str] | None = None) -> subprocess.Complete
 def test_plugin_imports_cheaply_and_without_pytest() -> None:
     cheap = _python(
         "import sys, zcall.pytest_plugin as p; "
-        "assert 'zcall.testing' not in sys.modules and 'zcall.faultproxy' not in sys.modules; "
+        "assert 'zcall.testing' not in sys.modules and 'zcall.testing.faultproxy' not in sys.modules; "
         "print(len(p.__all__))"
     )
     assert cheap.returncode == 0, cheap.stderr

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import zcall
-from zcall.liveness import Heartbeat, State
+from zcall.engine.liveness import Heartbeat, State
 from zcall.testing import FaultProxy, ProcessHandle, is_call, is_reply
 
 pytestmark = pytest.mark.timeout(60)

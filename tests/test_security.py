@@ -17,9 +17,9 @@ import zmq.auth
 import zcall
 from helpers.cli_support import REPO_ROOT, TESTS_DIR, zcall_cli
 from zcall.errors import AuthenticationFailed
-from zcall.launch import Launcher, PeerSpec, Topology, TopologyError
 from zcall.security import ClientSecurity, ServerSecurity
 from zcall.testing import spawn
+from zcall.tools.launch import Launcher, PeerSpec, Topology, TopologyError
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zcall.service import BUILTIN_PREFIX, Method, Rejected, Service
-from zcall.status import StatusCode
+from zcall.protocol.status import StatusCode
+from zcall.service.registry import BUILTIN_PREFIX, Method, Rejected, Service
 
 
 def rejected(fn, *args, **kwargs) -> Rejected:

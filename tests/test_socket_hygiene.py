@@ -23,7 +23,7 @@ import zmq
 
 import zcall
 from helpers.hostile_server import Holder, make_service
-from zcall.replycache import ReplyCache
+from zcall.service.replycache import ReplyCache
 
 CALL, REPLY, ERROR, NOTIFY = 1, 2, 3, 4
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import zcall
-from zcall.protocol import ErrorReply, Kind, Pong, Reply, decode
+from zcall.protocol.wire import ErrorReply, Kind, Pong, Reply, decode
 from zcall.testing import running_server
 
 MAX = 4096

@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 import zcall
-from zcall.protocol import Call, Reply, decode, encode
+from zcall.protocol.wire import Call, Reply, decode, encode
 
 
 @pytest.fixture

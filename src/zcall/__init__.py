@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from .async_client import AsyncClient
-from .async_server import AsyncServer
-from .codec import Codec, register_type
+# The wire first: zcall.errors imports the status codes while zcall.protocol is still loading.
+from .protocol import PROTOCOL_VERSION, Codec, StatusCode, register_type  # isort: skip
+from .client.asynchronous import AsyncClient
+from .client.sync import SyncClient
 from .errors import (
     AuthenticationFailed,
     Backpressure,
@@ -22,12 +23,10 @@ from .errors import (
     ZcallError,
 )
 from .peer import Peer
-from .protocol import PROTOCOL_VERSION
 from .security import ClientSecurity, ServerSecurity
-from .service import Service
-from .status import StatusCode
-from .sync_client import SyncClient
-from .sync_server import SyncServer
+from .server.rep import SyncServer
+from .server.router import AsyncServer
+from .service.registry import Service
 
 __version__ = "0.1.0"
 

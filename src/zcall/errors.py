@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .status import StatusCode
+from .protocol.status import StatusCode
 
 __all__ = [
     "AuthenticationFailed",

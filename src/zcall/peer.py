@@ -19,15 +19,15 @@ from typing import Any
 
 import zmq
 
-from .async_client import AsyncClient
-from .async_server import AsyncServer
-from .codec import Codec, default_codec
-from .engine import run_on, running_loop
+from .client.asynchronous import AsyncClient
+from .client.sync import SyncClient
+from .engine.loop import run_on, running_loop
+from .engine.sockets import DEFAULT_BIND, normalize_endpoints
+from .protocol.codec import Codec, default_codec
 from .security import ClientSecurity, ServerSecurity
-from .service import Service
-from .sockets import DEFAULT_BIND, normalize_endpoints
-from .sync_client import SyncClient
-from .sync_server import SyncServer
+from .server.rep import SyncServer
+from .server.router import AsyncServer
+from .service.registry import Service
 
 __all__ = ["Peer"]
 

@@ -24,10 +24,10 @@ except ImportError:  # imported outside a test run without pytest installed: not
     pytest = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
-    from .faultproxy import FaultProxy
-    from .liveness import Heartbeat
-    from .service import Service
+    from .engine.liveness import Heartbeat
+    from .service.registry import Service
     from .testing import ProcessHandle
+    from .testing.faultproxy import FaultProxy
 
 __all__: list[str] = []  # the fixtures below, when pytest is importable
 
@@ -132,7 +132,7 @@ if pytest is not None:
     def zcall_fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
         """Factory: ``zcall_fault_proxy(backend_endpoint, seed=0, ...)`` starts a ``FaultProxy`` in front
         of a server (clients connect to ``proxy.endpoint``); all closed at teardown."""
-        from .faultproxy import FaultProxy
+        from .testing.faultproxy import FaultProxy
 
         proxies: list[FaultProxy] = []
 
@@ -155,8 +155,8 @@ if pytest is not None:
         clients: list[Any] = []
 
         def make(endpoints: str | Sequence[str], *, kind: str = "sync", **kw: Any) -> Any:
-            from .async_client import AsyncClient
-            from .sync_client import SyncClient
+            from .client.asynchronous import AsyncClient
+            from .client.sync import SyncClient
 
             if kind == "sync":
                 client: Any = SyncClient(endpoints, **kw)

@@ -18,7 +18,7 @@ from typing import Any
 import zmq
 
 import zcall
-from zcall.protocol import Message, decode
+from zcall.protocol.wire import Message, decode
 from zcall.testing import ProcessHandle, spawn
 
 from .async_services import Probe, make_service

@@ -18,8 +18,8 @@ import time
 from typing import Any
 
 import zcall
-from zcall.liveness import Heartbeat
-from zcall.protocol import decode
+from zcall.engine.liveness import Heartbeat
+from zcall.protocol.wire import decode
 
 
 def _announce(line: str) -> None:

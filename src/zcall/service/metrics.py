@@ -70,8 +70,8 @@ from enum import IntEnum
 from itertools import pairwise
 from typing import Any
 
-from .errors import Backpressure, CallTimeout, ClientClosed, RemoteError, SerializationError
-from .status import StatusCode
+from ..errors import Backpressure, CallTimeout, ClientClosed, RemoteError, SerializationError
+from ..protocol.status import StatusCode
 
 __all__ = [
     "BOUNDS",

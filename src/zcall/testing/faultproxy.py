@@ -41,7 +41,7 @@ from typing import Any, Literal
 import msgpack
 import zmq
 
-from .protocol import Kind
+from ..protocol.wire import Kind
 
 __all__ = [
     "REPLIES",

@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING, Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from .async_server import SUBSCRIBE_METHOD, topic_matches
-from .codec import Codec, default_codec
-from .engine import Reader, engine, run_on, running_loop
-from .errors import (
+from ..engine.liveness import DEFAULT_HEARTBEAT, Heartbeat, State
+from ..engine.loop import engine, run_on, running_loop
+from ..engine.reader import Reader
+from ..engine.sockets import apply_size_limit, close_quietly, fast_send, normalize_endpoints
+from ..errors import (
     AuthenticationFailed,
     Backpressure,
     CallTimeout,
@@ -43,15 +44,26 @@ from .errors import (
     ConnectionLost,
     ProtocolError,
 )
-from .ids import IdSource
-from .liveness import DEFAULT_HEARTBEAT, Heartbeat, State
-from .metrics import CallToken, Metrics, Outcome, outcome_for_status
-from .protocol import ErrorReply, Event, Kind, Notify, Pong, Reply, call_frame, decode, encode, reply_fields
-from .sockets import apply_size_limit, close_quietly, fast_send, normalize_endpoints
-from .status import StatusCode
+from ..protocol.codec import Codec, default_codec
+from ..protocol.ids import IdSource
+from ..protocol.status import StatusCode
+from ..protocol.wire import (
+    ErrorReply,
+    Event,
+    Kind,
+    Notify,
+    Pong,
+    Reply,
+    call_frame,
+    decode,
+    encode,
+    reply_fields,
+)
+from ..server.router import SUBSCRIBE_METHOD, topic_matches
+from ..service.metrics import CallToken, Metrics, Outcome, outcome_for_status
 
 if TYPE_CHECKING:
-    from .security import ClientSecurity
+    from ..security import ClientSecurity
 
 __all__ = ["AsyncCallOptions", "AsyncClient"]
 

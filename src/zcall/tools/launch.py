@@ -68,9 +68,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from .errors import ZcallError
-from .sockets import DEFAULT_BIND
-from .sync_client import SyncClient
+from ..client.sync import SyncClient
+from ..engine.sockets import DEFAULT_BIND
+from ..errors import ZcallError
 
 __all__ = [
     "RESTART_POLICIES",
@@ -762,7 +762,7 @@ class Launcher:
         # A secured peer is pinged with its own key pair: its public key must be in its allow_keys.
         security = None
         if pp.spec.curve_secret is not None:
-            from .security import ClientSecurity
+            from ..security import ClientSecurity
 
             security = ClientSecurity(pp.spec.curve_secret, pp.spec.curve_secret)
         client = SyncClient(pp.endpoint, timeout=max(0.2, min(2.0, remaining)), security=security)

@@ -28,8 +28,8 @@ from typing import Any
 
 import zmq
 
-from .errors import CallTimeout, RemoteError, ZcallError
-from .sockets import DEFAULT_BIND
+from ..engine.sockets import DEFAULT_BIND
+from ..errors import CallTimeout, RemoteError, ZcallError
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TIMEOUT", "EXIT_USAGE", "load_target", "main"]
 
@@ -154,7 +154,7 @@ def load_target(target: str, *, cwd_on_path: bool = True) -> Any:
 
 def _build_service(obj: Any, name: str) -> Any:
     """A ``Service`` for anything ``zcall serve`` accepts that is not a ``Peer``."""
-    from .service import Service
+    from ..service.registry import Service
 
     if isinstance(obj, Service):
         return obj
@@ -223,9 +223,9 @@ class _StopFlag:
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
-    from .peer import Peer
-    from .service import Service
-    from .sync_server import SyncServer
+    from ..peer import Peer
+    from ..server.rep import SyncServer
+    from ..service.registry import Service
 
     peers: dict[str, str] = {}
     for item in ns.peer:
@@ -322,7 +322,7 @@ def _server_security(ns: argparse.Namespace) -> Any:
         if ns.allow_keys or ns.allow_ip or ns.peer_keys:
             raise UsageError("--allow-keys, --allow-ip and --peer-keys need --curve-secret FILE (CURVE)")
         return None
-    from .security import ServerSecurity
+    from ..security import ServerSecurity
 
     try:
         return ServerSecurity(ns.curve_secret, allow_keys_dir=ns.allow_keys, allow_ips=ns.allow_ip or None)
@@ -336,7 +336,7 @@ def _client_security(ns: argparse.Namespace) -> Any:
         return None
     if ns.curve_secret is None or ns.server_key is None:
         raise UsageError("CURVE needs both --curve-secret (this client's NAME.key_secret) and --server-key")
-    from .security import ClientSecurity
+    from ..security import ClientSecurity
 
     try:
         return ClientSecurity(ns.curve_secret, ns.server_key)
@@ -363,7 +363,7 @@ def _call(
     security: Any = None,
 ) -> Any:
     if use_async:
-        from .async_client import AsyncClient
+        from ..client.asynchronous import AsyncClient
 
         async def go() -> Any:
             client = AsyncClient(endpoints, timeout=timeout, security=security)
@@ -373,7 +373,7 @@ def _call(
                 client.close()
 
         return asyncio.run(go())
-    from .sync_client import SyncClient
+    from ..client.sync import SyncClient
 
     with SyncClient(endpoints, timeout=timeout, security=security) as client:
         return client.call(method, *args, **kwargs)
@@ -435,7 +435,7 @@ def cmd_ls(ns: argparse.Namespace) -> int:
 
 
 def cmd_ping(ns: argparse.Namespace) -> int:
-    from .sync_client import SyncClient
+    from ..client.sync import SyncClient
 
     eps = _endpoints(ns.endpoint)
     if ns.count < 1:
@@ -491,7 +491,7 @@ def render_stats(result: Any, endpoint: str) -> str:
     if not isinstance(result, dict):
         return to_json(result)
     try:
-        from .metrics import format_table
+        from ..service.metrics import format_table
     except ImportError:  # a zcall without metrics: show the data as it came
         format_table = None  # type: ignore[assignment]
     header = f"service {result.get('service', '?')} at {endpoint}"
@@ -522,7 +522,7 @@ def fetch_stats(endpoints: list[str], timeout: float, security: Any = None) -> A
 
 
 def cmd_stats(ns: argparse.Namespace) -> int:
-    from .errors import MethodNotFound
+    from ..errors import MethodNotFound
 
     eps = _endpoints(ns.endpoint)
     security = _client_security(ns)
@@ -625,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     parser.add_argument("--log-level", default="INFO", help="logging level on stderr (default: INFO)")
-    from . import __version__
+    from .. import __version__
 
     parser.add_argument(
         "--version", action="version", version=f"zcall {__version__} (pyzmq {zmq.__version__})"

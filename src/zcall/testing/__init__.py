@@ -29,12 +29,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import IO, Any, Literal
 
-from .async_server import AsyncServer
-from .codec import Codec
+from ..engine.liveness import Heartbeat
+from ..protocol.codec import Codec
+from ..server.rep import SyncServer
+from ..server.router import AsyncServer
+from ..service.registry import Service
 from .faultproxy import REPLIES, REQUESTS, FaultProxy, FaultRule, is_call, is_reply, kind_of
-from .liveness import Heartbeat
-from .service import Service
-from .sync_server import SyncServer
 
 __all__ = [
     "REPLIES",

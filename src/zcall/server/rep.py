@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from .codec import Codec, default_codec
-from .dispatch import ACK, NEVER_AWAITABLE, Dispatcher
-from .protocol import PROTOCOL_VERSION, Call, Cancel, Kind, Notify, Ping
-from .replycache import IN_PROGRESS, ReplyCache
-from .service import Rejected, Service
-from .sockets import DEFAULT_BIND, apply_size_limit, bind, close_quietly, fast_send, release_endpoint
-from .status import StatusCode
+from ..engine.sockets import DEFAULT_BIND, apply_size_limit, bind, close_quietly, fast_send, release_endpoint
+from ..protocol.codec import Codec, default_codec
+from ..protocol.status import StatusCode
+from ..protocol.wire import PROTOCOL_VERSION, Call, Cancel, Kind, Notify, Ping
+from ..service.dispatch import ACK, NEVER_AWAITABLE, Dispatcher
+from ..service.registry import Rejected, Service
+from ..service.replycache import IN_PROGRESS, ReplyCache
 
 if TYPE_CHECKING:
-    from .security import ServerSecurity
+    from ..security import ServerSecurity
 
 __all__ = ["SyncServer"]
 

@@ -22,19 +22,20 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from .codec import Codec, default_codec
-from .dispatch import NEVER_AWAITABLE, Dispatcher
-from .engine import Reader, engine, run_on, running_loop
-from .liveness import DEFAULT_HEARTBEAT, Heartbeat
-from .metrics import CallToken, Outcome
-from .protocol import PROTOCOL_VERSION, Call, Cancel, ErrorRecord, Kind, Notify, Ping
-from .replycache import IN_PROGRESS, ReplyCache
-from .service import Method, Rejected, Service
-from .sockets import DEFAULT_BIND, apply_size_limit, bind, close_quietly, fast_send, release_endpoint
-from .status import StatusCode
+from ..engine.liveness import DEFAULT_HEARTBEAT, Heartbeat
+from ..engine.loop import engine, run_on, running_loop
+from ..engine.reader import Reader
+from ..engine.sockets import DEFAULT_BIND, apply_size_limit, bind, close_quietly, fast_send, release_endpoint
+from ..protocol.codec import Codec, default_codec
+from ..protocol.status import StatusCode
+from ..protocol.wire import PROTOCOL_VERSION, Call, Cancel, ErrorRecord, Kind, Notify, Ping
+from ..service.dispatch import NEVER_AWAITABLE, Dispatcher
+from ..service.metrics import CallToken, Outcome
+from ..service.registry import Method, Rejected, Service
+from ..service.replycache import IN_PROGRESS, ReplyCache
 
 if TYPE_CHECKING:
-    from .security import ServerSecurity
+    from ..security import ServerSecurity
 
 __all__ = ["AsyncServer", "SUBSCRIBE_METHOD"]
 

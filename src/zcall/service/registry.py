@@ -15,9 +15,9 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, overload
 
+from ..protocol.status import StatusCode
+from ..protocol.wire import ErrorRecord
 from .metrics import Metrics
-from .protocol import ErrorRecord
-from .status import StatusCode
 
 __all__ = ["BUILTIN_PREFIX", "Method", "Rejected", "Service"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-from .errors import MessageTooLarge, ProtocolError, SerializationError
+from ..errors import MessageTooLarge, ProtocolError, SerializationError
 
 __all__ = ["Codec", "DEFAULT_MAX_MESSAGE_SIZE", "default_codec", "register_type"]
 

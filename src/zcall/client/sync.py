@@ -21,16 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from .codec import Codec, default_codec
-from .errors import CallTimeout, ClientClosed, RemoteError
-from .ids import IdSource
-from .metrics import Metrics, Outcome, outcome_for_exception
-from .protocol import ErrorReply, Reply, call_frame, decode
-from .sockets import apply_size_limit, close_quietly, fast_send, normalize_endpoints
-from .status import StatusCode
+from ..engine.sockets import apply_size_limit, close_quietly, fast_send, normalize_endpoints
+from ..errors import CallTimeout, ClientClosed, RemoteError
+from ..protocol.codec import Codec, default_codec
+from ..protocol.ids import IdSource
+from ..protocol.status import StatusCode
+from ..protocol.wire import ErrorReply, Reply, call_frame, decode
+from ..service.metrics import Metrics, Outcome, outcome_for_exception
 
 if TYPE_CHECKING:
-    from .security import ClientSecurity
+    from ..security import ClientSecurity
 
 __all__ = ["CallOptions", "SyncClient"]
 

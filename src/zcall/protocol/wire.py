@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Final
 
+from ..errors import MessageTooLarge, ProtocolError, RemoteError
 from .codec import Codec, default_codec
-from .errors import MessageTooLarge, ProtocolError, RemoteError
 from .status import StatusCode
 
 __all__ = [

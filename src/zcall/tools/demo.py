@@ -1,6 +1,6 @@
 """``zcall demo``: a three-peer mesh (``frontend``, ``pricing``, ``inventory``), one process each, and a tour.
 
-The peers below are what ``demo.toml`` launches (``zcall serve zcall.demo:pricing`` ...). ``run_demo``
+The peers below are what ``demo.toml`` launches (``zcall serve zcall.tools.demo:pricing`` ...). ``run_demo``
 launches them, joins the mesh as a fourth, unserved peer called ``you``, and shows: a sync call, an
 async call with a callback, a pushed event, a nested call across peers, the sync-vs-async comparison
 against a 10 ms callee, and each peer's ``zcall.stats`` table; then it stops every process.
@@ -19,7 +19,7 @@ import time
 import tomllib
 from typing import Any
 
-from .peer import Peer
+from ..peer import Peer
 
 __all__ = ["SLOW_SECONDS", "frontend", "inventory", "pricing", "run_demo"]
 
@@ -153,8 +153,8 @@ def _async_run(you: Peer, calls: int, in_flight: int) -> tuple[float, list[float
 
 
 def _show_stats(endpoints: dict[str, str]) -> None:
+    from ..errors import MethodNotFound, ZcallError
     from .cli import fetch_stats, render_stats
-    from .errors import MethodNotFound, ZcallError
 
     for name, ep in endpoints.items():
         try:
@@ -173,12 +173,12 @@ def run_demo(*, calls: int = 200, in_flight: int = 100, show_output: bool = Fals
     """Launch the demo mesh, run the tour, stop everything; returns the exit code (0 on success)."""
     from .launch import Launcher, LaunchError, Topology
 
-    text = importlib.resources.files("zcall").joinpath("demo.toml").read_text(encoding="utf-8")
+    text = importlib.resources.files("zcall.tools").joinpath("demo.toml").read_text(encoding="utf-8")
     t_begin = time.perf_counter()
     print("zcall demo: three peers, each its own process, calling each other directly (no broker).\n")
     with tempfile.TemporaryDirectory(prefix="zcall-demo-") as workdir:
         # children run in an empty directory, so nothing in the user's cwd can shadow a module
-        topology = Topology.from_dict(tomllib.loads(text), base_dir=workdir, source="zcall/demo.toml")
+        topology = Topology.from_dict(tomllib.loads(text), base_dir=workdir, source="zcall/tools/demo.toml")
         launcher = Launcher(topology, show_output=show_output)
         try:
             launcher.start()

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .codec import Codec
-from .errors import ProtocolError, SerializationError
-from .metrics import OTHER, CallToken, Outcome, outcome_for_status
-from .protocol import (
+from ..errors import ProtocolError, SerializationError
+from ..protocol.codec import Codec
+from ..protocol.status import StatusCode
+from ..protocol.wire import (
     PROTOCOL_VERSION,
     Call,
     ErrorRecord,
@@ -23,9 +23,9 @@ from .protocol import (
     error_for,
     peek_id,
 )
+from .metrics import OTHER, CallToken, Outcome, outcome_for_status
+from .registry import Method, Rejected, Service
 from .replycache import ReplyCache
-from .service import Method, Rejected, Service
-from .status import StatusCode
 
 __all__ = ["ACK", "NEVER_AWAITABLE", "Dispatcher"]
 

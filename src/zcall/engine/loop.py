@@ -1,0 +1,120 @@
+"""The event loop that drives every async socket of a process (the engine thread), and how to reach it.
+
+zcall objects made inside a running asyncio loop live on that loop. Objects made from plain threads share
+one *engine*: an asyncio loop on a daemon thread that zcall starts on first use and stops when the last
+object using it closes (and at interpreter exit). Sockets are created, used and closed on their loop's
+thread only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = ["Engine", "engine", "run_on", "running_loop"]
+
+log = logging.getLogger("zcall.engine")
+
+T = TypeVar("T")
+
+class Engine:
+    """A background asyncio loop shared by zcall objects created outside asyncio; reference-counted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._users = 0
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+    def acquire(self) -> asyncio.AbstractEventLoop:
+        """Start the loop thread if needed and count one more user; returns the loop."""
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                started = threading.Event()
+                t = threading.Thread(target=self._run, args=(loop, started), name="zcall-engine", daemon=True)
+                t.start()
+                started.wait()
+                self._loop, self._thread = loop, t
+            self._users += 1
+            return self._loop
+
+    def release(self) -> None:
+        """One user fewer; the last one stops the loop thread (joined unless called from it)."""
+        with self._lock:
+            self._users -= 1
+            if self._users > 0 or self._loop is None:
+                return
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not threading.current_thread():
+            thread.join(10)  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        """Stop the loop thread now, whatever the users (interpreter exit)."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+            self._users = 0
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            if thread is not threading.current_thread():
+                thread.join(10)  # type: ignore[union-attr]
+
+    @staticmethod
+    def _run(loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(started.set)
+        try:
+            loop.run_forever()
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+
+engine = Engine()
+"""The process-wide engine."""
+
+atexit.register(engine.stop)
+
+
+def run_on(loop: asyncio.AbstractEventLoop, fn: Callable[..., T], *args: Any, timeout: float = 30.0) -> T:
+    """Run ``fn(*args)`` on ``loop``'s thread and return its result (directly if already there)."""
+    if running_loop() is loop:
+        return fn(*args)
+    fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def job() -> None:
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:
+            fut.set_exception(exc)
+
+    loop.call_soon_threadsafe(job)
+    return fut.result(timeout)
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
