@@ -171,7 +171,7 @@ def test_router_server_answers_every_malformed_request_and_stays_bounded(
         after = probe(sock, dealer=True)
     report("ROUTER (AsyncServer)", tally, before, after)
     assert_sound(tally, before, after, minimum=10_000)
-    assert after["stats"]["in_flight"] == 0
+    assert after["stats"]["in_flight"] == 1  # the probe call itself, and nothing left over
     normal_call_works(ep, "async")
 
 

@@ -128,6 +128,7 @@ def test_every_status_code_has_a_decided_outcome() -> None:
         StatusCode.UNSUPPORTED_VERSION: Outcome.REJECTED,
         StatusCode.MESSAGE_TOO_LARGE: Outcome.REJECTED,
         StatusCode.CANCELLED: Outcome.CANCELLED,
+        StatusCode.PERMISSION_DENIED: Outcome.REJECTED,
     }
     assert set(expected) == set(StatusCode), "a new status code needs a decision here and in metrics"
     for code, outcome in expected.items():

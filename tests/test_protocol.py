@@ -270,7 +270,7 @@ def test_too_large_maps_to_message_too_large():
     assert peek_id(exc) is None
     record = error_for(exc)
     assert record.code == StatusCode.MESSAGE_TOO_LARGE
-    assert record.type == "zcall.ProtocolError" and "exceeds the limit of 50 bytes" in record.message
+    assert record.type == "zcall.MessageTooLarge" and "exceeds the limit of 50 bytes" in record.message
 
 
 def test_error_for_gives_a_sendable_record_with_the_reason():
@@ -380,4 +380,5 @@ def test_status_codes_are_the_documented_numbers():
         ("MESSAGE_TOO_LARGE", 9),
         ("UNAVAILABLE", 10),
         ("INTERNAL", 11),
+        ("PERMISSION_DENIED", 12),
     ]

@@ -24,9 +24,9 @@ def rejected(fn, *args, **kwargs) -> Rejected:
 def check_error(service: Service, name: str, args=(), kwargs=None) -> str:
     """The INVALID_ARGUMENTS message a call with these arguments gets."""
     r = rejected(service.lookup(name).check, list(args), kwargs or {})
-    assert r.record.code == StatusCode.INVALID_ARGUMENTS
-    assert r.record.type == "zcall.InvalidArguments"
-    return r.record.message
+    assert r.code == StatusCode.INVALID_ARGUMENTS
+    assert r.type == "zcall.InvalidArguments"
+    return r.message
 
 
 # -- registration ------------------------------------------------------------------------------------
@@ -144,15 +144,15 @@ def test_private_and_unknown_names_are_not_callable(name):
     svc = Service()
     svc.register(Calculator(), prefix="calc")
     r = rejected(svc.lookup, name)
-    assert r.record.code == StatusCode.METHOD_NOT_FOUND
-    assert r.record.type == "zcall.MethodNotFound"
-    assert repr(name) in r.record.message
+    assert r.code == StatusCode.METHOD_NOT_FOUND
+    assert r.type == "zcall.MethodNotFound"
+    assert repr(name) in r.message
 
 
 def test_private_names_get_no_close_match_hints():
     svc = Service()
     svc.add(lambda: 1, name="secret")
-    assert "did you mean" not in rejected(svc.lookup, "_secret").record.message
+    assert "did you mean" not in rejected(svc.lookup, "_secret").message
 
 
 @pytest.mark.parametrize("name", ["zcall.ping", "zcall.mine", "zcall.x.y"])
@@ -274,7 +274,7 @@ def test_fast_path_and_full_bind_agree(sig, nargs, kwnames):
         method.check(args, kwargs)
         ok = True
     except Rejected as r:
-        assert r.record.code == StatusCode.INVALID_ARGUMENTS
+        assert r.code == StatusCode.INVALID_ARGUMENTS
         ok = False
     assert ok == expected_ok, (str(sig), args, kwargs)
 
@@ -286,10 +286,10 @@ def test_unknown_method_lists_close_matches():
     svc = Service("shop")
     for name in ("orders.get", "orders.list", "users.get"):
         svc.add(lambda: None, name=name)
-    msg = rejected(svc.lookup, "orders.gte").record.message
+    msg = rejected(svc.lookup, "orders.gte").message
     assert msg.startswith("no method 'orders.gte' on service 'shop'")
     assert "did you mean 'orders.get'" in msg
-    assert "did you mean" not in rejected(svc.lookup, "completely.different").record.message
+    assert "did you mean" not in rejected(svc.lookup, "completely.different").message
 
 
 def test_builtins_are_always_there():

@@ -196,7 +196,7 @@ def test_thousand_short_lived_clients_leave_bounded_reply_cache_and_subscriber_t
         # still looks connected, so keep publishing until every gone one has been found
         def forgotten() -> bool:
             server.publish("news.flash", "hello")
-            return all(sub[1] == ["never.published"] for sub in list(server._subscribers.values()))
+            return all(sub[1] == ["never.published"] for sub in list(server._subscribers._subs.values()))
 
         wait_until(forgotten, what="gone subscribers forgotten on publish")
 

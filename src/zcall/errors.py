@@ -2,10 +2,12 @@
 
     ZcallError                      root: catch this to catch everything zcall raises
     ├── RemoteError                 the callee answered with an error record (.code .type .message ...)
-    │   ├── MethodNotFound          no such method (the message lists close matches)
+    │   ├── MethodNotFound          no such method (.data["close"] lists close matches)
     │   ├── InvalidArguments        the arguments did not bind to the method's signature
+    │   ├── PermissionDenied        the callee refused this caller (an allow-list or another interceptor)
     │   ├── ServerBusy              the callee refused the call: at its concurrency limit or stopping
-    │   └── DeadlineExceeded        the callee dropped the call because its deadline had passed
+    │   └── DeadlineExceeded        the callee dropped the call unstarted: its deadline had passed
+    │                               (also a CallTimeout: the call ran out of time)
     ├── CallTimeout                 no reply in time (also a TimeoutError); names endpoints and attempts
     ├── ProtocolError               bytes that are not a valid zcall message (also a ValueError)
     │   └── MessageTooLarge         a frame over the configured size limit
@@ -15,8 +17,11 @@
     ├── AuthenticationFailed        the CURVE handshake failed (key not allowed, wrong server key): not sent
     └── ClientClosed                the client (or engine) was closed while the call was pending
 
-``RemoteError`` subclasses are chosen from the wire status code, so ``except zcall.MethodNotFound`` works
-the same for every server kind.
+    Rejected                        raised *inside* a handler or server interceptor to answer the call
+                                    with a status code of your choice (the caller gets the class above)
+
+``RemoteError`` subclasses are chosen from the wire status code by ``error_for_record``, the one map from
+code to class, so ``except zcall.MethodNotFound`` works the same on every client face and server kind.
 """
 
 from __future__ import annotations
@@ -36,11 +41,16 @@ __all__ = [
     "InvalidArguments",
     "MessageTooLarge",
     "MethodNotFound",
+    "PermissionDenied",
     "ProtocolError",
+    "Rejected",
     "RemoteError",
     "SerializationError",
     "ServerBusy",
     "ZcallError",
+    "class_for",
+    "error_for_record",
+    "wire_type",
 ]
 
 
@@ -78,7 +88,7 @@ class RemoteError(ZcallError):
         self.traceback = traceback
         self.data = data
         self.method = method
-        super().__init__(message)
+        Exception.__init__(self, message)  # not super(): DeadlineExceeded's next base is CallTimeout
 
     def __str__(self) -> str:
         where = f" in {self.method!r}" if self.method else ""
@@ -86,17 +96,8 @@ class RemoteError(ZcallError):
 
     @classmethod
     def from_record(cls, record: Any, method: str | None = None) -> RemoteError:
-        """Build the most specific ``RemoteError`` for a decoded wire error record (a dict)."""
-        code = record.get("code", StatusCode.INTERNAL)
-        klass = _BY_CODE.get(code, RemoteError)
-        return klass(
-            str(record.get("message", "")),
-            code=code,
-            type=str(record.get("type", "Exception")),
-            traceback=record.get("traceback"),
-            data=record.get("data"),
-            method=method,
-        )
+        """The most specific ``RemoteError`` for a decoded wire error record (a dict)."""
+        return error_for_record(record, method=method)
 
 
 class MethodNotFound(RemoteError):
@@ -111,21 +112,17 @@ class ServerBusy(RemoteError):
     """The callee refused the call (concurrency limit reached, or shutting down); retry later."""
 
 
-class DeadlineExceeded(RemoteError):
-    """The callee dropped the call unstarted because the caller's deadline had already passed."""
-
-
-_BY_CODE: dict[int, type[RemoteError]] = {
-    StatusCode.METHOD_NOT_FOUND: MethodNotFound,
-    StatusCode.INVALID_ARGUMENTS: InvalidArguments,
-    StatusCode.OVERLOADED: ServerBusy,
-    StatusCode.UNAVAILABLE: ServerBusy,
-    StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-}
+class PermissionDenied(RemoteError):
+    """The callee refused this caller: its key or address is not allowed to make this call."""
 
 
 class CallTimeout(ZcallError, TimeoutError):
     """No reply arrived in time; says which endpoints were tried, how often, and for how long."""
+
+    method: str | None
+    endpoints: list[str]
+    attempts: int
+    elapsed: float
 
     def __init__(
         self,
@@ -147,6 +144,33 @@ class CallTimeout(ZcallError, TimeoutError):
         if detail:
             msg += f" ({detail})"
         super().__init__(msg)
+
+
+class DeadlineExceeded(RemoteError, CallTimeout):
+    """The callee dropped the call unstarted because its deadline had passed (on arrival or in a queue).
+
+    Both a ``RemoteError`` (the callee said so, with a status code) and a ``CallTimeout`` (the call ran out
+    of time), so ``except zcall.CallTimeout`` catches every way a call can run out of time."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: StatusCode | int = StatusCode.DEADLINE_EXCEEDED,
+        type: str = "zcall.DeadlineExceeded",  # noqa: A002 - the wire field is called "type"
+        traceback: str | None = None,
+        data: Any = None,
+        method: str | None = None,
+        endpoints: Sequence[str] = (),
+        attempts: int = 1,
+        elapsed: float = 0.0,
+    ) -> None:
+        RemoteError.__init__(
+            self, message, code=code, type=type, traceback=traceback, data=data, method=method
+        )
+        self.endpoints = list(endpoints)
+        self.attempts = attempts
+        self.elapsed = elapsed
 
 
 class ProtocolError(ZcallError, ValueError):
@@ -191,3 +215,84 @@ class AuthenticationFailed(ZcallError, ConnectionError):
 
 class ClientClosed(ZcallError):
     """The client was closed (or its engine stopped) before the call finished."""
+
+
+class Rejected(ZcallError):
+    """Raise inside a handler or a server interceptor to answer the call with ``code`` and ``message``.
+
+    ``raise zcall.Rejected(zcall.StatusCode.PERMISSION_DENIED, "not on the allow-list")`` reaches the
+    caller as ``zcall.PermissionDenied``. ``data`` travels in the error record (plain msgpack data)."""
+
+    def __init__(
+        self,
+        code: StatusCode | int,
+        message: str,
+        *,
+        data: Any = None,
+        type: str | None = None,  # noqa: A002 - the wire field is called "type"
+    ) -> None:
+        self.code = StatusCode(code)
+        self.message = message
+        self.data = data
+        self.type = type or wire_type(self.code)
+        super().__init__(message)
+
+
+# -- the one map from status code to class ----------------------------------------------------------
+
+_BY_CODE: dict[int, type[RemoteError]] = {
+    StatusCode.METHOD_NOT_FOUND: MethodNotFound,
+    StatusCode.INVALID_ARGUMENTS: InvalidArguments,
+    StatusCode.OVERLOADED: ServerBusy,
+    StatusCode.UNAVAILABLE: ServerBusy,
+    StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    StatusCode.PERMISSION_DENIED: PermissionDenied,
+}
+
+_WIRE_TYPE: dict[int, str] = {
+    StatusCode.HANDLER_ERROR: "Exception",
+    StatusCode.METHOD_NOT_FOUND: "zcall.MethodNotFound",
+    StatusCode.INVALID_ARGUMENTS: "zcall.InvalidArguments",
+    StatusCode.PROTOCOL_ERROR: "zcall.ProtocolError",
+    StatusCode.UNSUPPORTED_VERSION: "zcall.ProtocolError",
+    StatusCode.DEADLINE_EXCEEDED: "zcall.DeadlineExceeded",
+    StatusCode.OVERLOADED: "zcall.ServerBusy",
+    StatusCode.CANCELLED: "zcall.Cancelled",
+    StatusCode.MESSAGE_TOO_LARGE: "zcall.MessageTooLarge",
+    StatusCode.UNAVAILABLE: "zcall.ServerBusy",
+    StatusCode.INTERNAL: "zcall.InternalError",
+    StatusCode.PERMISSION_DENIED: "zcall.PermissionDenied",
+}
+
+
+def class_for(code: int) -> type[RemoteError]:
+    """The ``RemoteError`` class a caller raises for wire status ``code`` (``RemoteError`` if none finer)."""
+    return _BY_CODE.get(code, RemoteError)
+
+
+def wire_type(code: int) -> str:
+    """The error record ``type`` a zcall server writes when it refuses a call with ``code`` itself."""
+    return _WIRE_TYPE.get(code, "zcall.RemoteError")
+
+
+def error_for_record(
+    record: Any,
+    *,
+    method: str | None = None,
+    endpoint: str | None = None,
+    attempts: int = 1,
+    elapsed: float = 0.0,
+) -> RemoteError:
+    """The exception a caller raises for a decoded error record (a dict): one rule for every face."""
+    code = record.get("code", StatusCode.INTERNAL)
+    klass = class_for(code)
+    kwargs: dict[str, Any] = {
+        "code": code,
+        "type": str(record.get("type", "Exception")),
+        "traceback": record.get("traceback"),
+        "data": record.get("data"),
+        "method": method,
+    }
+    if klass is DeadlineExceeded:
+        kwargs.update(endpoints=[endpoint] if endpoint else [], attempts=attempts, elapsed=elapsed)
+    return klass(str(record.get("message", "")), **kwargs)

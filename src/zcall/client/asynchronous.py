@@ -47,6 +47,7 @@ from ..errors import (
 from ..protocol.codec import Codec, default_codec
 from ..protocol.ids import IdSource
 from ..protocol.status import StatusCode
+from ..protocol.topics import SUBSCRIBE_METHOD, topic_matches
 from ..protocol.wire import (
     ErrorReply,
     Event,
@@ -59,7 +60,6 @@ from ..protocol.wire import (
     encode,
     reply_fields,
 )
-from ..server.router import SUBSCRIBE_METHOD, topic_matches
 from ..service.metrics import CallToken, Metrics, Outcome, outcome_for_status
 
 if TYPE_CHECKING:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -25,6 +26,9 @@ _NOBLOCK = int(zmq.NOBLOCK)
 
 class Reader:
     """Drains one zmq socket on a loop: calls ``on_message(frames)`` for every message, forever.
+
+    ``frames`` are bytes, or with ``keep_frames=True`` the ``zmq.Frame`` objects themselves (a server
+    reads the caller's address and CURVE key from them, and decodes the body without copying it).
 
     ``check()`` must follow any send made outside ``on_message`` (the edge-triggered FD may have been
     consumed by that send): it schedules one more drain, once per loop iteration however many sends
@@ -44,15 +48,17 @@ class Reader:
         "_active",
         "_budget",
         "_want_out",
+        "_keep_frames",
     )
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         sock: zmq.Socket,
-        on_message: Callable[[list[bytes]], None],
+        on_message: Callable[[list[Any]], None],
         on_writable: Callable[[], None] | None = None,
         budget: int = 256,
+        keep_frames: bool = False,
     ) -> None:
         self._loop = loop
         self._sock = sock
@@ -63,6 +69,7 @@ class Reader:
         self._active = False
         self._budget = budget
         self._want_out = False
+        self._keep_frames = keep_frames
 
     def start(self) -> None:
         self._active = True
@@ -97,16 +104,17 @@ class Reader:
         sock = self._sock
         recv = sock.recv
         on_message = self._on_message
+        keep = self._keep_frames
         try:
             for _ in range(self._budget):
                 try:
                     f = recv(_NOBLOCK, copy=False)
                 except zmq.Again:
                     break
-                frames = [f.bytes]
+                frames = [f if keep else f.bytes]
                 while f.more:  # the rest of a multipart message is already here: zmq delivers it whole
                     f = recv(_NOBLOCK, copy=False)
-                    frames.append(f.bytes)
+                    frames.append(f if keep else f.bytes)
                 on_message(frames)
             else:  # budget spent: yield to other callbacks, come back for the rest
                 self._schedule()

@@ -14,7 +14,7 @@ __all__ = [
     "close_quietly",
     "fast_send",
     "normalize_endpoints",
-    "release_endpoint",
+    "close_bound",
 ]
 
 DEFAULT_BIND = "tcp://127.0.0.1:*"
@@ -54,26 +54,33 @@ def fast_send(sock: zmq.Socket) -> Callable[[bytes, int], Any]:
     return send.__get__(sock)  # type: ignore[no-any-return]
 
 
-def release_endpoint(sock: zmq.Socket, endpoint: str, timeout_ms: int = 1000) -> None:
-    """Unbind ``endpoint`` and wait until libzmq has closed the listener, so the port is free on return.
+def close_bound(
+    sock: zmq.Socket, endpoint: str | None, linger_ms: int = 1000, timeout_ms: int = 2000
+) -> None:
+    """Close a server socket so that its queued replies still go out (``linger_ms``), and return once
+    libzmq has closed its listener, so the port is free for a restart.
 
-    ``close()`` frees a bound port later, in libzmq's reaper thread: a server restarted on the same port
-    right after ``stop()`` could fail with EADDRINUSE. The monitor's CLOSED event says when it is free.
+    Not ``unbind`` first: for tcp, unbinding also drops the connections accepted on that endpoint, with
+    the replies still queued to them. ``close()`` frees the port later, in libzmq's reaper thread, so
+    a monitor made before the close reports the listener's CLOSED event.
     """
-    if endpoint.startswith("inproc://"):
+    if sock.closed:
         return
-    monitor = sock.get_monitor_socket(zmq.EVENT_CLOSED)
+    if endpoint is None or endpoint.startswith("inproc://"):
+        sock.close(linger=linger_ms)
+        return
     try:
-        sock.unbind(endpoint)
+        monitor = sock.get_monitor_socket(zmq.EVENT_CLOSED)
+    except zmq.ZMQError:
+        sock.close(linger=linger_ms)
+        return
+    try:
+        sock.close(linger=linger_ms)
         if monitor.poll(timeout_ms):
             monitor.recv_multipart()
     except zmq.ZMQError:
         pass
     finally:
-        try:
-            sock.disable_monitor()
-        except zmq.ZMQError:
-            pass
         monitor.close(linger=0)
 
 

@@ -22,3 +22,4 @@ class StatusCode(IntEnum):
     MESSAGE_TOO_LARGE = 9  # the request exceeded the size limit
     UNAVAILABLE = 10  # the server is shutting down
     INTERNAL = 11  # the server failed outside the handler (e.g. result not serializable)
+    PERMISSION_DENIED = 12  # the caller may not make this call (an allow-list or another interceptor)

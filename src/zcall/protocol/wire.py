@@ -3,6 +3,10 @@
 Every message body is one msgpack array whose first three items are always
 ``[version, kind, id, ...]`` (docs/protocol.md is the normative text, with test vectors). Nothing here
 touches a socket: servers and clients of every flavour share this module, and it is unit-tested alone.
+
+Two ways in and out: ``encode``/``decode`` with message objects (clear, checked), and the hot-path
+encoders (``call_frame``, ``reply_frame``, ``error_frame``, ``pong_frame`` ...) and ``reply_fields``, which
+skip the objects. Both write the same bytes; every frame zcall sends is made by one of them.
 """
 
 from __future__ import annotations
@@ -13,11 +17,20 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Final
 
-from ..errors import MessageTooLarge, ProtocolError, RemoteError
+from ..errors import (
+    MessageTooLarge,
+    ProtocolError,
+    RemoteError,
+    SerializationError,
+    error_for_record,
+    wire_type,
+)
 from .codec import Codec, default_codec
 from .status import StatusCode
 
 __all__ = [
+    "ACK",
+    "DELIMITER",
     "PROTOCOL_VERSION",
     "Call",
     "Cancel",
@@ -30,16 +43,35 @@ __all__ = [
     "Ping",
     "Pong",
     "Reply",
+    "call_frame",
+    "cancel_frame",
     "decode",
     "encode",
     "error_for",
+    "error_frame",
+    "event_frame",
+    "event_tail",
+    "notify_frame",
     "peek_id",
+    "ping_frame",
+    "pong_frame",
+    "reply_fields",
+    "reply_frame",
+    "split_routed",
+    "subscribe_frame",
 ]
 
 PROTOCOL_VERSION: Final = 1
 """The one version this implementation speaks; a message with another gets UNSUPPORTED_VERSION."""
 
 MAX_ID: Final = 2**64 - 1
+
+ACK: Final = b""
+"""The empty body: what a REP server answers to a request that wants no reply (NOTIFY, CANCEL). Never a
+message: clients ignore it (a server that receives one answers PROTOCOL_ERROR, like any bad body)."""
+
+DELIMITER: Final = b""
+"""The empty frame between a ROUTER envelope (or a DEALER's nothing) and the body."""
 
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 60
@@ -82,9 +114,15 @@ class ErrorRecord:
             "data": self.data,
         }
 
-    def to_exception(self, method: str | None = None) -> RemoteError:
-        """The ``RemoteError`` (most specific subclass for the code) a caller raises for this record."""
-        return RemoteError.from_record(self.to_wire(), method)
+    def to_exception(self, method: str | None = None, **where: Any) -> RemoteError:
+        """The ``RemoteError`` (most specific subclass for the code) a caller raises for this record;
+        ``where`` (endpoint, attempts, elapsed) goes to ``errors.error_for_record``."""
+        return error_for_record(self.to_wire(), method=method, **where)
+
+    @classmethod
+    def refusal(cls, code: StatusCode, message: str, data: Any = None) -> ErrorRecord:
+        """A refusal made by zcall itself (not by a handler): its ``type`` comes from the code."""
+        return cls(code, wire_type(code), message, None, data)
 
     @classmethod
     def from_exception(
@@ -180,7 +218,8 @@ class Cancel:
 Message = Call | Notify | Reply | ErrorReply | Event | Ping | Pong | Cancel
 
 _V = PROTOCOL_VERSION
-_CALL, _REPLY, _NOTIFY = int(Kind.CALL), int(Kind.REPLY), int(Kind.NOTIFY)
+_CALL, _REPLY, _ERROR, _NOTIFY = int(Kind.CALL), int(Kind.REPLY), int(Kind.ERROR), int(Kind.NOTIFY)
+_PING, _PONG, _CANCEL = int(Kind.PING), int(Kind.PONG), int(Kind.CANCEL)
 
 
 def _meta(deadline_ms: int | None, headers: dict[str, Any] | None, retry: bool = False) -> dict[str, Any]:
@@ -230,7 +269,75 @@ def call_frame(
     retry: bool = False,
 ) -> bytes:
     """Encode a CALL without building a ``Call`` object first (the clients' hot path)."""
-    return codec.packb([_V, Kind.CALL, id, method, args, kwargs, _meta(deadline_ms, headers, retry)])
+    return codec.packb([_V, _CALL, id, method, args, kwargs, _meta(deadline_ms, headers, retry)])
+
+
+def notify_frame(
+    id: int,  # noqa: A002
+    method: str,
+    args: Any,
+    kwargs: dict[str, Any],
+    deadline_ms: int | None = None,
+    headers: dict[str, Any] | None = None,
+    codec: Codec = default_codec,
+) -> bytes:
+    """Encode a NOTIFY (a CALL that is never answered)."""
+    return codec.packb([_V, _NOTIFY, id, method, args, kwargs, _meta(deadline_ms, headers)])
+
+
+def reply_frame(id: int, result: Any, codec: Codec = default_codec) -> bytes:  # noqa: A002
+    """Encode a REPLY; raises ``SerializationError`` when the result cannot travel."""
+    return codec.packb([_V, _REPLY, id, result])
+
+
+def error_frame(id: int, record: ErrorRecord, codec: Codec = default_codec) -> bytes:  # noqa: A002
+    """Encode an ERROR; error ``data`` that cannot travel is dropped (the error itself always goes)."""
+    try:
+        return codec.packb([_V, _ERROR, id, record.to_wire()])
+    except SerializationError:
+        record.data = None
+        return codec.packb([_V, _ERROR, id, record.to_wire()])
+
+
+def ping_frame(id: int) -> bytes:  # noqa: A002
+    return default_codec.packb([_V, _PING, id])
+
+
+def pong_frame(id: int) -> bytes:  # noqa: A002
+    return default_codec.packb([_V, _PONG, id])
+
+
+def cancel_frame(id: int) -> bytes:  # noqa: A002
+    return default_codec.packb([_V, _CANCEL, id])
+
+
+_EVENT_HEAD = bytes([0x95, _V, int(Kind.EVENT)])  # msgpack fixarray(5), version, kind
+
+
+def event_tail(topic: str, payload: Any, codec: Codec = default_codec) -> bytes:
+    """The topic and payload of an EVENT, encoded once for every subscriber (see ``event_frame``)."""
+    return codec.packb(topic) + codec.packb(payload)
+
+
+def event_frame(seq: int, tail: bytes) -> bytes:
+    """One subscriber's EVENT: its own sequence number in the id position, then the shared tail."""
+    return _EVENT_HEAD + default_codec.packb(seq) + tail
+
+
+def subscribe_frame(id: int, patterns: list[str], codec: Codec = default_codec) -> bytes:  # noqa: A002
+    """The NOTIFY that replaces this connection's event subscriptions (``[]`` unsubscribes)."""
+    from .topics import SUBSCRIBE_METHOD
+
+    return codec.packb([_V, _NOTIFY, id, SUBSCRIBE_METHOD, [patterns], {}, {}])
+
+
+def split_routed(frames: list[Any]) -> tuple[list[Any], Any] | None:
+    """``(envelope, body)`` of a request read on a ROUTER: the body is the last frame, the one before it
+    is the empty delimiter, and everything before the body (delimiter included) is the envelope to reply
+    with. ``None`` for any other shape (answer PROTOCOL_ERROR id 0 to ``[frames[0], DELIMITER]``)."""
+    if len(frames) < 3 or len(frames[-2]) != 0:
+        return None
+    return frames[:-1], frames[-1]
 
 
 class UnsupportedVersion(ProtocolError):
@@ -380,4 +487,4 @@ def error_for(exc: ProtocolError) -> ErrorRecord:
         code = StatusCode.MESSAGE_TOO_LARGE
     else:
         code = StatusCode.PROTOCOL_ERROR
-    return ErrorRecord(code, "zcall.ProtocolError", str(exc))
+    return ErrorRecord(code, wire_type(code), str(exc))

@@ -1,23 +1,20 @@
 """Asynchronous serving over a ROUTER socket: many calls in flight from many clients at once.
 
-Coroutine handlers run as tasks on the server's loop. Plain functions run in a bounded thread pool so a
-slow one cannot stall the loop (and with it every other call, ping and cancel); a plain function declared
-``inline=True`` runs on the loop itself, which is fastest for handlers that do not block. Bad input and
-handler exceptions become error replies and log lines; the server keeps serving.
+The dispatcher decides what a request is and whether it runs; this server only chooses *how* a handler
+runs: coroutine handlers as tasks on the server's loop; plain functions in a bounded thread pool, so a
+slow one cannot stall the loop (and with it every other call, ping and cancel); a plain function
+declared ``inline=True`` on the loop itself, which is fastest for handlers that do not block.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
+import functools
 import logging
 import os
-import signal
 import threading
-import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -25,48 +22,33 @@ import zmq
 from ..engine.liveness import DEFAULT_HEARTBEAT, Heartbeat
 from ..engine.loop import engine, run_on, running_loop
 from ..engine.reader import Reader
-from ..engine.sockets import DEFAULT_BIND, apply_size_limit, bind, close_quietly, fast_send, release_endpoint
+from ..engine.sockets import DEFAULT_BIND, apply_size_limit, bind, close_bound, close_quietly, fast_send
 from ..protocol.codec import Codec, default_codec
-from ..protocol.status import StatusCode
-from ..protocol.wire import PROTOCOL_VERSION, Call, Cancel, ErrorRecord, Kind, Notify, Ping
-from ..service.dispatch import NEVER_AWAITABLE, Dispatcher
-from ..service.metrics import CallToken, Outcome
-from ..service.registry import Method, Rejected, Service
-from ..service.replycache import IN_PROGRESS, ReplyCache
+from ..protocol.topics import SUBSCRIBE_METHOD, topic_matches
+from ..protocol.wire import ACK, DELIMITER, Cancel, event_frame, event_tail, split_routed
+from ..service.context import CallContext
+from ..service.dispatch import DEFAULT_MAX_IN_FLIGHT, NEVER_AWAITABLE, Dispatcher, Subscribe
+from ..service.invoke import run_plain, run_queued, task_context
+from ..service.registry import Service
+from ..service.replycache import ReplyCache
+from .events import Subscribers
+from .lifecycle import DEFAULT_GRACE, Lifecycle
 
 if TYPE_CHECKING:
     from ..security import ServerSecurity
 
-__all__ = ["AsyncServer", "SUBSCRIBE_METHOD"]
+__all__ = ["SUBSCRIBE_METHOD", "AsyncServer", "topic_matches"]
 
 log = logging.getLogger("zcall.server")
-
-SUBSCRIBE_METHOD = "zcall.subscribe"
-"""NOTIFY a client sends to tell a server which event topics it wants (protocol plumbing)."""
-
-DEFAULT_MAX_IN_FLIGHT = 1000
-_SWEEP_MIN = 64  # the subscriber table is never swept for gone clients below this size
-_CANCELLED = int(Outcome.CANCELLED)
-_EVENT_HEAD = bytes([0x95, PROTOCOL_VERSION, Kind.EVENT])  # msgpack fixarray(5), version, kind
 
 # plain ints: combining pyzmq's enum flags (NOBLOCK | SNDMORE) costs about a microsecond each time
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK_SNDMORE = _NOBLOCK | _SNDMORE
+_CLOSE_LINGER_MS = 1000  # how long queued answers may take to leave once the socket closes
 
 
-class _Expired(Exception):
-    """A queued call whose deadline passed before a worker thread picked it up."""
-
-
-def topic_matches(pattern: str, topic: str) -> bool:
-    """``orders.*`` matches ``orders.new``; ``*`` matches everything; anything else matches exactly."""
-    if pattern.endswith("*"):
-        return topic.startswith(pattern[:-1])
-    return pattern == topic
-
-
-class AsyncServer:
+class AsyncServer(Lifecycle):
     """Serve a ``Service`` over ROUTER: ``start()``/``stop()`` from threads, ``await serve()`` in asyncio."""
 
     def __init__(
@@ -83,14 +65,18 @@ class AsyncServer:
         heartbeat: Heartbeat | None = DEFAULT_HEARTBEAT,
         security: ServerSecurity | None = None,
     ) -> None:
-        if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self.service = service
+        self._dispatch = Dispatcher(
+            service,
+            codec,
+            send_tracebacks=send_tracebacks,
+            reply_cache=reply_cache,
+            max_in_flight=max_in_flight,
+        )
         self.max_in_flight = max_in_flight
         self._requested = endpoint
         self._workers = workers or min(32, (os.cpu_count() or 1) + 4)
         self._ctx = context or zmq.Context.instance()
-        self._dispatch = Dispatcher(service, codec, send_tracebacks=send_tracebacks, reply_cache=reply_cache)
         self._codec = codec
         self._heartbeat = heartbeat
         self._security = security
@@ -101,17 +87,16 @@ class AsyncServer:
         self._fast_send: Callable[[bytes, int], Any] | None = None
         self._reader: Reader | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._in_flight: dict[tuple[bytes, int], asyncio.Future[Any]] = {}
+        # (routing id, call id) -> (call, future) for calls running off the loop's current step
+        self._running: dict[tuple[bytes, int], tuple[CallContext, asyncio.Future[Any]]] = {}
         self._idle: asyncio.Event | None = None
         self._closing = False
         self._closed: asyncio.Event | None = None
+        self._done = threading.Event()
         self._uses_engine = False
-        # routing id -> [envelope, topic patterns, last event sequence number sent to it]
-        self._subscribers: dict[bytes, list[Any]] = {}
-        self._sweep_at = _SWEEP_MIN  # table size at which gone subscribers are swept out
-        self._notifying = 0  # one-way calls queued or running (bounded by max_in_flight too)
+        self._subscribers = Subscribers()
         self._send_errno: int | None = 0  # errno of the last failed _send (EAGAIN: slow, EHOSTUNREACH: gone)
-        self.counters = {"undeliverable": 0, "overloaded": 0, "cancelled": 0, "events_sent": 0, "pings": 0}
+        self.counters = {"undeliverable": 0, "events_sent": 0}
 
     # -- properties --------------------------------------------------------------------------------
 
@@ -125,14 +110,14 @@ class AsyncServer:
     @property
     def in_flight(self) -> int:
         """Calls received and not yet answered."""
-        return len(self._in_flight)
+        return self._dispatch.in_flight
 
     def statistics(self) -> dict[str, Any]:
         """Counters for this server: calls, errors, bad messages, in flight, undeliverable replies..."""
         return {
             **self._dispatch.counters,
             **self.counters,
-            "in_flight": len(self._in_flight),
+            "in_flight": self._dispatch.in_flight,
             "subscribers": len(self._subscribers),
         }
 
@@ -149,48 +134,37 @@ class AsyncServer:
         except BaseException:
             self._uses_engine = False
             engine.release()
+            self._done.set()
             raise
         return self
 
-    def stop(self, grace: float = 5.0) -> None:
+    def stop(self, grace: float = DEFAULT_GRACE) -> None:
         """Stop accepting, let in-flight calls finish within ``grace`` seconds, then close."""
+        self._wake_forever()
         loop = self._loop
-        if loop is None or self._closing:
+        if loop is None:
+            self._done.set()
             return
         if running_loop() is loop:
             raise RuntimeError("stop() would block the server's own loop: use 'await server.aclose()'")
-        asyncio.run_coroutine_threadsafe(self.aclose(grace), loop).result(grace + 10)
+        if not loop.is_closed():
+            try:
+                asyncio.run_coroutine_threadsafe(self.aclose(grace), loop).result(grace + 10)
+            except RuntimeError:  # the loop stopped meanwhile (interpreter exit)
+                pass
+        self._done.wait(grace + 10)
         if self._uses_engine:
             self._uses_engine = False
             engine.release()
 
-    def __enter__(self) -> AsyncServer:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def serve_forever(self, grace: float = 5.0, on_ready: Callable[[str], Any] | None = None) -> None:
-        """Serve in this thread (its own asyncio loop) until Ctrl-C or SIGTERM, then stop with ``grace``.
-
-        ``on_ready(endpoint)`` runs once bound (e.g. to print the real port of a ``*`` bind)."""
-
-        async def main() -> None:
-            loop = asyncio.get_running_loop()
-            task = asyncio.current_task()
-            if threading.current_thread() is threading.main_thread():
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.add_signal_handler(sig, task.cancel)  # type: ignore[union-attr]
-            await self.serve(grace, on_ready)
-
-        with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
-            asyncio.run(main())
+    def _hurry(self) -> None:
+        loop, idle = self._loop, self._idle
+        if loop is not None and idle is not None:
+            loop.call_soon_threadsafe(idle.set)  # no lock taken: safe from a signal handler
 
     # -- lifecycle: asyncio ------------------------------------------------------------------------
 
-    async def serve(self, grace: float = 5.0, on_ready: Callable[[str], Any] | None = None) -> None:
+    async def serve(self, grace: float = DEFAULT_GRACE, on_ready: Callable[[str], Any] | None = None) -> None:
         """Serve on the running loop until ``aclose()`` (or until cancelled, which closes with ``grace``)."""
         if self._loop is None:
             self._open(asyncio.get_running_loop())
@@ -208,44 +182,46 @@ class AsyncServer:
             self._open(asyncio.get_running_loop())
         return self
 
-    async def __aexit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self, grace: float = 5.0) -> None:
-        """Graceful stop on the server's loop: refuse new calls, wait ``grace`` for in-flight ones, close."""
+    async def aclose(self, grace: float = DEFAULT_GRACE) -> None:
+        """Graceful stop on the server's loop: refuse new calls, wait ``grace`` for in-flight ones, answer
+        the rest UNAVAILABLE, then close once those answers are on their way."""
+        if self._loop is not None and running_loop() is not self._loop:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.aclose(grace), self._loop))
+            return
         if self._closing or self._loop is None:
             if self._closed is not None:
                 await self._closed.wait()
             return
         self._closing = True
-        log.info(
-            "server %s stopping: %d call(s) in flight, grace %.1fs", self._endpoint, self.in_flight, grace
-        )
-        if self._in_flight:
+        d = self._dispatch
+        d.stopping = True
+        self._wake_forever()
+        log.info("server %s stopping: %d call(s) in flight, grace %.1fs", self._endpoint, d.in_flight, grace)
+        if self._running:
             assert self._idle is not None
             self._idle.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
+            try:
                 await asyncio.wait_for(self._idle.wait(), grace)
-        for (ident, rid), fut in list(self._in_flight.items()):
+            except TimeoutError:
+                pass
+        running, self._running = self._running, {}
+        for call, fut in running.values():
             fut.cancel()
-            record = ErrorRecord(
-                StatusCode.UNAVAILABLE, "zcall.ServerBusy", "server stopped before the call finished"
-            )
-            self._send([ident, b""], self._dispatch.error_frame(rid, record))
-        self._in_flight.clear()
+            frame, waiters = d.unavailable(call)
+            if frame is not None:
+                for envelope in (call._reply_to, *waiters):
+                    self._send(envelope, frame)
         if self._reader is not None:
             self._reader.stop()
-        if self._sock is not None and self._endpoint is not None:
-            release_endpoint(self._sock, self._endpoint)  # the port is free once we return
-        close_quietly(self._sock, linger_ms=int(min(grace, 1.0) * 1000))
+        if self._sock is not None:
+            close_bound(self._sock, self._endpoint, _CLOSE_LINGER_MS)  # answers leave, then the port is free
         if self._release_security is not None:
             self._release_security()  # after the close: a CURVE socket without ZAP would admit anyone
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         assert self._closed is not None
         self._closed.set()
+        self._done.set()
         log.info("server %s stopped", self._endpoint)
 
     # -- events ------------------------------------------------------------------------------------
@@ -263,23 +239,30 @@ class AsyncServer:
     def _publish(self, topic: str, payload: Any) -> int:
         if self._sock is None or self._closing:
             return 0
-        # Each subscriber numbers its own events (so a gap means a lost event it wanted); the topic and
-        # payload are encoded once and each frame is the array header + its sequence number + that tail.
-        tail = self._codec.packb(topic) + self._codec.packb(payload)
+        tail = event_tail(topic, payload, self._codec)  # encoded once; each frame adds its own number
         sent = 0
-        for ident, sub in list(self._subscribers.items()):
-            envelope, patterns, seq = sub
-            if any(topic_matches(p, topic) for p in patterns):
-                sub[2] = seq = seq + 1
-                if self._send(envelope, _EVENT_HEAD + self._codec.packb(seq) + tail):
-                    sent += 1
-                elif self._send_errno == zmq.EHOSTUNREACH:
-                    self._subscribers.pop(ident, None)  # gone: forget it (bounded state)
-                # EAGAIN: a slow subscriber's queue is full; this event is lost, the subscription stays
+        for ident, envelope, seq in self._subscribers.for_topic(topic):
+            if self._send(envelope, event_frame(seq, tail)):
+                sent += 1
+            elif self._send_errno == zmq.EHOSTUNREACH:
+                self._subscribers.forget(ident)  # gone: forget it (bounded state)
+            # EAGAIN: a slow subscriber's queue is full; this event is lost, the subscription stays
         self.counters["events_sent"] += sent
         if self._reader is not None:
             self._reader.check()
         return sent
+
+    def _sweep_subscribers(self) -> None:
+        """Forget subscribers that are gone, even those no event would reach. An empty body (clients
+        ignore it) probes each; under ROUTER_MANDATORY it fails at once with EHOSTUNREACH for a routing id
+        that has disconnected."""
+        for ident, envelope in self._subscribers.envelopes():
+            try:
+                self._sock.send_multipart([*envelope, ACK], _NOBLOCK)  # type: ignore[union-attr]
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.EHOSTUNREACH:
+                    self._subscribers.forget(ident)
+        self._subscribers.swept()
 
     # -- the socket --------------------------------------------------------------------------------
 
@@ -304,7 +287,7 @@ class AsyncServer:
         self._fast_send = fast_send(sock)
         self._idle = asyncio.Event()
         self._closed = asyncio.Event()
-        self._reader = Reader(loop, sock, self._on_message)
+        self._reader = Reader(loop, sock, self._on_message, keep_frames=True)
         self._reader.start()
         log.info("async server %r listening on %s", self.service.name, self._endpoint)
 
@@ -328,224 +311,89 @@ class AsyncServer:
             log.debug("reply undeliverable: %s", exc)
             return False
 
-    def _on_message(self, frames: list[bytes]) -> None:
-        n = len(frames)
-        if n < 3 or frames[-2] != b"":
-            if n >= 1:
-                self._send([frames[0], b""], self._dispatch.bad_frames(n - 1))
+    def _on_message(self, frames: list[zmq.Frame]) -> None:
+        split = split_routed(frames)
+        if split is None:
+            if frames:
+                self._send([frames[0].bytes, DELIMITER], self._dispatch.bad_framing(len(frames) - 1))
             return
-        envelope = frames[:-1]
-        d = self._dispatch
-        msg = d.decode(frames[-1])
-        if isinstance(msg, Call):
-            self._start_call(envelope, msg)
-        elif isinstance(msg, bytes):
-            self._send(envelope, msg)
-        elif isinstance(msg, Ping):
-            self.counters["pings"] += 1
-            self._send(envelope, self._codec.packb([PROTOCOL_VERSION, Kind.PONG, msg.id]))
-        elif isinstance(msg, Notify):
-            self._notify(envelope, msg)
-        elif isinstance(msg, Cancel):
-            fut = self._in_flight.pop((envelope[0], msg.id), None)
-            if fut is not None:
-                fut.cancel()
-                self.counters["cancelled"] += 1
-                self._call_done()
-        else:
-            self._send(envelope, d.unexpected(msg))
+        body_frame = split[1]
+        envelope = [f.bytes for f in split[0]]
+        ident = envelope[0]
+        r = self._dispatch.admit(body_frame.buffer, reply_to=envelope, routing_id=ident, frame=body_frame)
+        t = type(r)
+        if t is CallContext:
+            self._run(r)  # type: ignore[arg-type]
+        elif t is bytes:
+            self._send(envelope, r)  # type: ignore[arg-type]
+        elif t is Cancel:
+            self._cancel(ident, r.id)  # type: ignore[union-attr]
+        elif t is Subscribe and self._subscribers.update(ident, envelope, r.patterns):  # type: ignore[union-attr]
+            self._sweep_subscribers()
 
-    def _refuse(self, msg: Call) -> ErrorRecord | None:
-        if self._closing:
-            return ErrorRecord(StatusCode.UNAVAILABLE, "zcall.ServerBusy", "server is shutting down")
-        if len(self._in_flight) >= self.max_in_flight:
-            self.counters["overloaded"] += 1
-            return ErrorRecord(
-                StatusCode.OVERLOADED,
-                "zcall.ServerBusy",
-                f"server at its limit of {self.max_in_flight} calls in flight; retry later",
-            )
-        if msg.deadline_ms == 0:
-            return ErrorRecord(
-                StatusCode.DEADLINE_EXCEEDED, "zcall.DeadlineExceeded", "deadline passed on arrival"
-            )
-        return None
+    # -- how a handler runs: the only choice this server makes --------------------------------------
 
-    def _start_call(self, envelope: list[bytes], msg: Call) -> None:
-        d = self._dispatch
-        try:
-            method = d.prepare(msg)
-        except Rejected as r:
-            self._send(envelope, d.rejected_frame(msg.id, r.record))
-            return
-        if self._closing or len(self._in_flight) >= self.max_in_flight or msg.deadline_ms == 0:
-            refusal = self._refuse(msg)
-            if refusal is not None:
-                self._send(envelope, d.rejected_frame(msg.id, refusal, method=method.name))
-                return
-        # at most once: a resend is answered from the reply cache, never run again. The key holds the
-        # method too, so a guessed id alone cannot fetch another caller's reply.
-        cached = (msg.id, msg.method) if msg.retry and not method.idempotent else None
-        if cached is not None:
-            replies = d.replies
-            seen = replies.begin(cached)
-            if seen is IN_PROGRESS:
-                replies.wait(cached, envelope)
-                return
-            if seen is not None:
-                self._send(envelope, seen)
-                return
-        token = d.metrics.started(method.name)
-        if method.inline and not method.is_coroutine:
+    def _run(self, call: CallContext) -> None:
+        entry = call._entry
+        loop = self._loop
+        assert entry is not None and loop is not None
+        if entry.inline and not entry.is_coroutine:
             try:
-                result = method.fn(*msg.args, **msg.kwargs)
-            except Exception as exc:
-                self._reply(envelope, msg.id, cached, d.exception_frame(msg.id, method.name, exc, token))
+                result = run_plain(call)
+            except BaseException as exc:
+                self._answer(call, None, exc)
                 return
             if type(result) in NEVER_AWAITABLE or not asyncio.iscoroutine(result):
-                self._reply(envelope, msg.id, cached, d.reply_frame(msg.id, result, token))
+                self._answer(call, result, None)
                 return
-            fut: asyncio.Future[Any] = asyncio.ensure_future(result, loop=self._loop)
-        elif method.is_coroutine:
-            fut = self._loop.create_task(method.fn(*msg.args, **msg.kwargs))  # type: ignore[union-attr]
+            fut: asyncio.Future[Any] = loop.create_task(result, context=task_context(call))
+        elif entry.is_coroutine:
+            try:
+                coro = entry.fn(*call._args, **call._kwargs)
+            except BaseException as exc:
+                self._answer(call, None, exc)
+                return
+            fut = loop.create_task(coro, context=task_context(call))
         else:
             if self._pool is None:
                 self._pool = concurrent.futures.ThreadPoolExecutor(
                     self._workers, thread_name_prefix=f"zcall-{self.service.name}"
                 )
-            deadline = None if msg.deadline_ms is None else time.monotonic() + msg.deadline_ms / 1000
             try:
-                fut = self._loop.run_in_executor(  # type: ignore[union-attr]
-                    self._pool, _run_blocking, method.fn, msg.args, msg.kwargs, deadline
-                )
-            except RuntimeError:  # the pool is shut down (interpreter exit): refuse, do not crash
-                record = ErrorRecord(StatusCode.UNAVAILABLE, "zcall.ServerBusy", "server is shutting down")
-                self._reply(envelope, msg.id, cached, d.rejected_frame(msg.id, record, token=token))
+                fut = loop.run_in_executor(self._pool, run_queued, call)
+            except RuntimeError as exc:  # the pool is shut down (interpreter exit): refuse, do not crash
+                self._answer(call, None, exc)
                 return
-        key = (envelope[0], msg.id)
-        self._in_flight[key] = fut
-        fut.add_done_callback(lambda f: self._finish(key, envelope, msg.id, method, cached, token, f))
+        key = (call.routing_id or b"", call.id)
+        self._running[key] = (call, fut)
+        fut.add_done_callback(functools.partial(self._finished, key, call))
 
-    def _reply(self, envelope: list[bytes], rid: int, cached: tuple[int, str] | None, frame: bytes) -> None:
-        """Send a call's reply, and (for a cached call) keep it and answer resends that joined meanwhile."""
-        self._send(envelope, frame)
-        if cached is not None:
-            for other in self._dispatch.replies.complete(cached, frame):
-                self._send(other, frame)
-
-    def _finish(
-        self,
-        key: tuple[bytes, int],
-        envelope: list[bytes],
-        rid: int,
-        method: Method,
-        cached: tuple[int, str] | None,
-        token: CallToken,
-        fut: asyncio.Future[Any],
-    ) -> None:
-        d = self._dispatch
-        if self._in_flight.pop(key, None) is None:
-            d.metrics.finished(token, _CANCELLED)
-            if cached is not None:
-                d.replies.forget(cached)  # cancelled: a resend may run it afresh
-            return  # cancelled by the caller or answered by shutdown: nothing to send
+    def _finished(self, key: tuple[bytes, int], call: CallContext, fut: asyncio.Future[Any]) -> None:
+        if self._running.pop(key, None) is None:
+            return  # cancelled by the caller, or answered by the shutdown: nothing more to send
         if fut.cancelled():
-            if cached is not None:
-                d.replies.forget(cached)
-                cached = None
-            record = ErrorRecord(StatusCode.CANCELLED, "zcall.Cancelled", "call cancelled")
-            frame = d.rejected_frame(rid, record, token=token)
+            self._answer(call, None, asyncio.CancelledError())
         else:
             exc = fut.exception()
-            if exc is None:
-                frame = d.reply_frame(rid, fut.result(), token)
-            elif isinstance(exc, _Expired):
-                frame = d.rejected_frame(
-                    rid,
-                    ErrorRecord(
-                        StatusCode.DEADLINE_EXCEEDED, "zcall.DeadlineExceeded", "deadline passed in queue"
-                    ),
-                    token=token,
-                )
-            else:
-                frame = d.exception_frame(rid, method.name, exc, token)
-        self._reply(envelope, rid, cached, frame)
+            self._answer(call, None if exc is not None else fut.result(), exc)
         self._reader.check()  # type: ignore[union-attr]
-        self._call_done()
-
-    def _call_done(self) -> None:
-        if not self._in_flight and self._closing and self._idle is not None:
+        if self._closing and not self._running and self._idle is not None:
             self._idle.set()
 
-    def _sweep_subscribers(self) -> None:
-        """Forget subscribers that are gone, even those no event would reach: run when the table doubles,
-        it keeps it within twice the live ones. An empty body (receivers ignore it) probes each; under
-        ROUTER_MANDATORY it fails at once with EHOSTUNREACH for a routing id that has disconnected."""
-        for ident, sub in list(self._subscribers.items()):
-            try:
-                self._sock.send_multipart([*sub[0], b""], _NOBLOCK)  # type: ignore[union-attr]
-            except zmq.ZMQError as exc:
-                if exc.errno == zmq.EHOSTUNREACH:
-                    del self._subscribers[ident]
-        self._sweep_at = max(_SWEEP_MIN, 2 * len(self._subscribers))
+    def _answer(self, call: CallContext, result: Any, error: BaseException | None) -> None:
+        frame, waiters = self._dispatch.finish(call, result, error)
+        if frame is not None:
+            self._send(call._reply_to, frame)
+            for other in waiters:  # resends that joined this call while it ran
+                self._send(other, frame)
 
-    def _notify(self, envelope: list[bytes], msg: Notify) -> None:
-        if msg.method == SUBSCRIBE_METHOD:
-            wanted = msg.args[0] if msg.args else []
-            patterns = [p for p in wanted if isinstance(p, str)] if type(wanted) is list else []
-            if patterns:
-                old = self._subscribers.get(envelope[0])
-                self._subscribers[envelope[0]] = [envelope, patterns, old[2] if old else 0]
-                if len(self._subscribers) >= self._sweep_at:
-                    self._sweep_subscribers()
-            else:
-                self._subscribers.pop(envelope[0], None)
+    def _cancel(self, ident: bytes, rid: int) -> None:
+        """A CANCEL from the caller's connection: drop that call; it gets no answer (the caller forgot it)."""
+        entry = self._running.pop((ident, rid), None)
+        if entry is None:
             return
-        d = self._dispatch
-        try:
-            method = d.prepare(msg)  # type: ignore[arg-type]
-        except Rejected as r:
-            log.warning("notify %r refused: %s", msg.method, r)
-            return
-        if self._closing:
-            return
-        if not method.inline or method.is_coroutine:  # work that queues: bounded like calls
-            if len(self._in_flight) + self._notifying >= self.max_in_flight:
-                self.counters["overloaded"] += 1  # no one to tell: dropped, counted
-                return
-            self._notifying += 1
-        if method.is_coroutine:
-            task = self._loop.create_task(method.fn(*msg.args, **msg.kwargs))  # type: ignore[union-attr]
-            task.add_done_callback(_log_notify_failure(msg.method))
-            task.add_done_callback(self._notify_done)
-        elif method.inline:
-            try:
-                method.fn(*msg.args, **msg.kwargs)
-            except Exception as exc:
-                log.info("notify handler %r raised %s: %s", msg.method, type(exc).__name__, exc)
-        else:
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    self._workers, thread_name_prefix=f"zcall-{self.service.name}"
-                )
-            f = self._loop.run_in_executor(self._pool, _run_blocking, method.fn, msg.args, msg.kwargs, None)  # type: ignore[union-attr]
-            f.add_done_callback(_log_notify_failure(msg.method))
-            f.add_done_callback(self._notify_done)
-
-    def _notify_done(self, _f: asyncio.Future[Any]) -> None:
-        self._notifying -= 1
-
-
-def _run_blocking(fn: Callable[..., Any], args: Any, kwargs: dict[str, Any], deadline: float | None) -> Any:
-    if deadline is not None and time.monotonic() > deadline:
-        raise _Expired
-    return fn(*args, **kwargs)
-
-
-def _log_notify_failure(name: str) -> Callable[[asyncio.Future[Any]], None]:
-    def done(f: asyncio.Future[Any]) -> None:
-        if not f.cancelled() and f.exception() is not None:
-            exc = f.exception()
-            log.info("notify handler %r raised %s: %s", name, type(exc).__name__, exc)
-
-    return done
+        call, fut = entry
+        fut.cancel()
+        self._dispatch.finish(call, error=asyncio.CancelledError())
+        if self._closing and not self._running and self._idle is not None:
+            self._idle.set()

@@ -1,59 +1,94 @@
-"""What every server does with a request, independent of socket type: decode, check, run, encode.
+"""The one server lifecycle of a call, independent of socket type: admit once, finish once.
 
-``Dispatcher`` is shared by the REP server and the ROUTER server so both answer every kind of bad input
-with the same error record and the same log line; it holds no socket.
+``Dispatcher.admit(body)`` decodes a request and decides, in the order docs/protocol.md §7 gives, whether
+it runs: method lookup, argument binding, the reply cache (a resend is answered from memory), stopping,
+the deadline, the in-flight limit, then the service's interceptors. It returns what the server must do:
+
+- a ``CallContext``: run its handler (the only thing a server chooses is *how*: inline, pool, task);
+- ``bytes``: send this frame now (an error, a PONG, a cached reply);
+- ``None``: send nothing (a NOTIFY, a resend joined to its running first attempt);
+- a ``Cancel`` or ``Subscribe``: connection-level requests only a ROUTER server acts on.
+
+``Dispatcher.finish(call, result=..., error=...)`` records metrics, runs the interceptors' reply hooks,
+fills the reply cache and returns the frame to send (and the resends waiting for it). It holds no
+socket, so the REP and ROUTER servers answer every request, good or bad, with the same bytes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
-from typing import Any
+import time
+from typing import Any, Final
 
-from ..errors import ProtocolError, SerializationError
+from ..errors import ProtocolError, Rejected, SerializationError
 from ..protocol.codec import Codec
 from ..protocol.status import StatusCode
+from ..protocol.topics import SUBSCRIBE_METHOD
 from ..protocol.wire import (
-    PROTOCOL_VERSION,
     Call,
+    Cancel,
     ErrorRecord,
-    Kind,
-    Message,
     Notify,
+    Ping,
     decode,
     error_for,
+    error_frame,
     peek_id,
+    pong_frame,
+    reply_frame,
 )
-from .metrics import OTHER, CallToken, Outcome, outcome_for_status
-from .registry import Method, Rejected, Service
-from .replycache import ReplyCache
+from .context import CallContext, _current
+from .metrics import OTHER, Outcome, outcome_for_status
+from .registry import Service
+from .replycache import IN_PROGRESS, ReplyCache
 
-__all__ = ["ACK", "NEVER_AWAITABLE", "Dispatcher"]
+__all__ = ["NEVER_AWAITABLE", "Dispatcher", "Expired", "Subscribe"]
 
 log = logging.getLogger("zcall.server")
 
 _OK = int(Outcome.OK)
 _ERROR = int(Outcome.ERROR)
 _REJECTED = int(Outcome.REJECTED)
+_CANCELLED = int(Outcome.CANCELLED)
+_monotonic = time.monotonic
 
-NEVER_AWAITABLE = frozenset((int, float, str, bytes, bool, list, dict, type(None)))
+NEVER_AWAITABLE: Final = frozenset((int, float, str, bytes, bool, list, dict, type(None)))
 """Result types a server need not check for awaitability (the check costs on the hot path)."""
 
-ACK = b""
-"""An empty body: what a REP server sends when it must answer but the request wants no reply."""
+DEFAULT_MAX_IN_FLIGHT: Final = 1000
+_CANCELLED_ERRORS = (asyncio.CancelledError, concurrent.futures.CancelledError)
+
+
+class Expired(Exception):
+    """A call whose deadline passed while it waited to start (in a queue): it is not started."""
+
+
+class Subscribe:
+    """A ``zcall.subscribe`` NOTIFY: the connection's event patterns, replacing the previous ones."""
+
+    __slots__ = ("patterns",)
+
+    def __init__(self, patterns: list[str]) -> None:
+        self.patterns = patterns
 
 
 class Dispatcher:
-    """Turns request frames into reply frames for one ``Service``; counts what it refused."""
+    """Admits and finishes the calls of one server for one ``Service``; counts what it refused."""
 
     __slots__ = (
         "__weakref__",
-        "_pack",
         "codec",
         "counters",
+        "in_flight",
+        "interceptors",
+        "max_in_flight",
         "metrics",
         "replies",
         "send_tracebacks",
         "service",
+        "stopping",
     )
 
     def __init__(
@@ -63,112 +98,249 @@ class Dispatcher:
         *,
         send_tracebacks: bool = True,
         reply_cache: ReplyCache | None = None,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self.service = service
         self.codec = codec
         self.send_tracebacks = send_tracebacks
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        """Calls (and one-way calls) admitted and not yet finished."""
+        self.stopping = False
+        """Set when a graceful stop begins: new calls are answered UNAVAILABLE from then on."""
         self.counters = {
             "calls": 0,
             "errors": 0,
             "bad_messages": 0,
             "expired": 0,
+            "overloaded": 0,
+            "cancelled": 0,
+            "pings": 0,
+            "cache_hits": 0,
         }
-        self._pack = codec.packb
         self.replies = reply_cache if reply_cache is not None else ReplyCache()
         self.metrics = service.metrics  # per service, shared by every server serving it
+        self.interceptors = service.interceptors
         service._servers.add(self)
 
-    def decode(self, frame: bytes) -> Message | bytes:
-        """The decoded request, or (for bad input) the error frame to answer it with (logged)."""
+    # -- admit once ---------------------------------------------------------------------------------
+
+    def admit(
+        self,
+        body: Any,
+        *,
+        reply_to: Any = None,
+        routing_id: bytes | None = None,
+        frame: Any = None,
+        can_wait: bool = True,
+    ) -> CallContext | bytes | Cancel | Subscribe | None:
+        """Decide what to do with one request body (see the module docstring for the answers).
+
+        ``reply_to`` is what a joined resend is answered with later (the ROUTER envelope); ``frame`` is the
+        zmq frame the body came in (for the caller's address and key); ``can_wait=False`` (REP, which
+        cannot park a request) answers a resend of a still-running call UNAVAILABLE instead of joining it.
+        """
         try:
-            return decode(frame, self.codec)
+            msg = decode(body, self.codec)
         except ProtocolError as exc:
             self.counters["bad_messages"] += 1
-            log.warning("bad message (%d bytes): %s", len(frame), exc)
-            return self.error_frame(peek_id(exc) or 0, error_for(exc))
-
-    def bad_frames(self, nframes: int) -> bytes:
-        """Answer to a request that arrived as the wrong number of frames."""
+            log.warning("bad message (%d bytes): %s", len(body), exc)
+            return error_frame(peek_id(exc) or 0, error_for(exc), self.codec)
+        t = type(msg)
+        if t is Call or t is Notify:
+            return self._admit_call(msg, t is Notify, reply_to, routing_id, frame, can_wait)  # type: ignore[arg-type]
+        if t is Ping:
+            self.counters["pings"] += 1
+            return pong_frame(msg.id)
+        if t is Cancel:
+            return msg  # type: ignore[return-value]
         self.counters["bad_messages"] += 1
-        msg = f"a zcall request is exactly one body frame after the envelope, got {nframes}"
-        log.warning("bad message: %s", msg)
-        return self.error_frame(0, ErrorRecord(StatusCode.PROTOCOL_ERROR, "zcall.ProtocolError", msg))
-
-    def unexpected(self, msg: Message) -> bytes:
-        """Answer to a message a server does not take (a reply, an event ... sent to a server)."""
-        self.counters["bad_messages"] += 1
-        text = f"a server does not accept {type(msg).__name__.lower()} messages"
+        text = f"a server does not accept {t.__name__.lower()} messages"
         log.warning("bad message: %s", text)
-        return self.error_frame(msg.id, ErrorRecord(StatusCode.PROTOCOL_ERROR, "zcall.ProtocolError", text))
+        return error_frame(msg.id, ErrorRecord.refusal(StatusCode.PROTOCOL_ERROR, text), self.codec)
 
-    def prepare(self, msg: Call | Notify) -> Method:
-        """Look the method up and bind the arguments; raises ``Rejected`` with the record to send."""
+    def bad_framing(self, nframes: int) -> bytes:
+        """The answer to a request of the wrong shape (not one body after the envelope): id 0."""
+        self.counters["bad_messages"] += 1
+        text = f"a zcall request is exactly one body frame after the envelope, got {nframes}"
+        log.warning("bad message: %s", text)
+        return error_frame(0, ErrorRecord.refusal(StatusCode.PROTOCOL_ERROR, text), self.codec)
+
+    def _admit_call(
+        self,
+        msg: Call | Notify,
+        notify: bool,
+        reply_to: Any,
+        routing_id: bytes | None,
+        frame: Any,
+        can_wait: bool,
+    ) -> CallContext | bytes | Subscribe | None:
+        name = msg.method
+        if notify and name == SUBSCRIBE_METHOD:
+            wanted = msg.args[0] if msg.args else []
+            return Subscribe([p for p in wanted if isinstance(p, str)] if type(wanted) is list else [])
         self.counters["calls"] += 1
+        metrics = self.metrics
+        # a, b: does this call make sense here at all?
         try:
-            m = self.service.lookup(msg.method)
-        except Rejected:
-            self.metrics.record(OTHER, _REJECTED)  # never the caller's made-up name: bounded rows
-            raise
+            entry = self.service.lookup(name)
+        except Rejected as r:
+            metrics.record(OTHER, _REJECTED)  # never the caller's made-up name: bounded rows
+            return self._refused(msg, notify, r)
         try:
-            m.check(msg.args, msg.kwargs)
-        except Rejected:
-            self.metrics.record(m.name, _REJECTED)
-            raise
-        return m
-
-    def reply_frame(self, id: int, result: Any, token: CallToken | None = None) -> bytes:  # noqa: A002
-        """Encode a result; a result msgpack cannot carry becomes an INTERNAL error instead."""
-        try:
-            frame = self._pack([PROTOCOL_VERSION, Kind.REPLY, id, result])
-            if token is not None:
-                self.metrics.finished(token, _OK)
-            return frame
-        except SerializationError as exc:
-            if token is not None:
-                self.metrics.finished(token, _ERROR)
-            self.counters["errors"] += 1
-            log.error("reply to call %d cannot be encoded: %s", id, exc)
-            record = ErrorRecord(
-                StatusCode.INTERNAL, "zcall.SerializationError", f"result not sendable: {exc}"
-            )
-            return self.error_frame(id, record)
-
-    def error_frame(self, id: int, record: ErrorRecord) -> bytes:  # noqa: A002
-        try:
-            return self._pack([PROTOCOL_VERSION, Kind.ERROR, id, record.to_wire()])
-        except SerializationError:  # error data that cannot travel: drop the data, keep the error
-            record.data = None
-            return self._pack([PROTOCOL_VERSION, Kind.ERROR, id, record.to_wire()])
-
-    def exception_frame(
-        self,
-        id: int,  # noqa: A002
-        method: str,
-        exc: BaseException,
-        token: CallToken | None = None,
-    ) -> bytes:
-        """The error reply for an exception raised by a handler (logged with its traceback)."""
-        if token is not None:
-            self.metrics.finished(token, _ERROR)
-        self.counters["errors"] += 1
-        log.info("handler %r raised %s: %s", method, type(exc).__name__, exc)
-        record = ErrorRecord.from_exception(exc, with_traceback=self.send_tracebacks)
-        return self.error_frame(id, record)
-
-    def rejected_frame(
-        self,
-        id: int,  # noqa: A002
-        record: ErrorRecord,
-        *,
-        method: str | None = None,
-        token: CallToken | None = None,
-    ) -> bytes:
-        """The error reply for a call refused or dropped (counted under ``method`` or its ``token``)."""
-        if token is not None:
-            self.metrics.finished(token, outcome_for_status(record.code))
-        elif method is not None:
-            self.metrics.record(method, outcome_for_status(record.code))
-        self.counters["errors"] += 1
-        if record.code == StatusCode.DEADLINE_EXCEEDED:
+            entry.check(msg.args, msg.kwargs)
+        except Rejected as r:
+            metrics.record(entry.name, _REJECTED)
+            return self._refused(msg, notify, r)
+        # c: at most once. A resend is answered from memory, never run again (even while stopping or
+        # overloaded: the call ran, its answer is the truth). The key holds the method too, so a guessed
+        # id alone cannot fetch another caller's reply.
+        cache_key = None
+        if not notify and msg.retry and not entry.idempotent:  # type: ignore[union-attr]
+            cache_key = (msg.id, name)
+            seen = self.replies.begin(cache_key)
+            if seen is not None:
+                if seen is not IN_PROGRESS:
+                    self.counters["cache_hits"] += 1
+                    return seen  # type: ignore[no-any-return]
+                if can_wait:
+                    self.replies.wait(cache_key, reply_to)
+                    return None
+                return self._refused(
+                    msg, notify, Rejected(StatusCode.UNAVAILABLE, "the first attempt of this call still runs")
+                )
+        # d, e, f: can this server take it now?
+        refusal = None
+        if self.stopping:
+            refusal = Rejected(StatusCode.UNAVAILABLE, "server is shutting down")
+        elif msg.deadline_ms == 0:
             self.counters["expired"] += 1
-        return self.error_frame(id, record)
+            refusal = Rejected(StatusCode.DEADLINE_EXCEEDED, "deadline passed on arrival")
+        elif self.in_flight >= self.max_in_flight:
+            self.counters["overloaded"] += 1
+            refusal = Rejected(
+                StatusCode.OVERLOADED,
+                f"server at its limit of {self.max_in_flight} calls in flight; retry later",
+            )
+        if refusal is not None:
+            if cache_key is not None:
+                self.replies.forget(cache_key)  # refused before running: a resend may run it
+            metrics.record(entry.name, outcome_for_status(refusal.code))
+            return self._refused(msg, notify, refusal)
+        deadline = None if msg.deadline_ms is None else _monotonic() + msg.deadline_ms / 1000
+        call = CallContext(
+            name, msg.id, msg.headers, deadline, retry=msg.retry if not notify else False,  # type: ignore[union-attr]
+            notify=notify, routing_id=routing_id, frame=frame,
+        )
+        call._entry = entry
+        call._args = msg.args
+        call._kwargs = msg.kwargs
+        call._cache_key = cache_key
+        call._reply_to = reply_to
+        call._token = metrics.started(entry.name)
+        self.in_flight += 1
+        # g: the service's interceptors may still refuse it
+        if self.interceptors:
+            token = _current.set(call)
+            try:
+                for i in self.interceptors:
+                    i.on_call(call)
+            except BaseException as exc:
+                return self.finish(call, error=exc)[0]  # nobody joined a call that never ran
+            finally:
+                _current.reset(token)
+        return call
+
+    def _refused(self, msg: Call | Notify, notify: bool, r: Rejected) -> bytes | None:
+        self.counters["errors"] += 1
+        if notify:
+            log.warning("notify %r refused: %s", msg.method, r.message)
+            return None
+        return error_frame(msg.id, ErrorRecord(r.code, r.type, r.message, None, r.data), self.codec)
+
+    # -- finish once --------------------------------------------------------------------------------
+
+    def finish(
+        self,
+        call: CallContext,
+        result: Any = None,
+        error: BaseException | None = None,
+    ) -> tuple[bytes | None, list[Any]]:
+        """End ``call`` (exactly once: later calls return ``(None, [])``) with its result or error.
+
+        Returns the frame to send (None for a NOTIFY) and the envelopes of resends that joined it while
+        it ran (send them the same frame). Every interceptor's ``on_reply``/``on_error`` runs, innermost
+        first, whichever step ended the call.
+        """
+        token = call._token
+        if token is None:
+            return None, []
+        call._token = None
+        self.in_flight -= 1
+        interceptors = self.interceptors
+        if interceptors:
+            ctx_token = _current.set(call)
+            try:
+                for i in reversed(interceptors):
+                    try:
+                        if error is None:
+                            result = i.on_reply(call, result)
+                        else:
+                            error = i.on_error(call, error)
+                    except BaseException as exc:
+                        error = exc
+            finally:
+                _current.reset(ctx_token)
+        codec = self.codec
+        cache_key = call._cache_key
+        if error is None:
+            if call.notify:
+                self.metrics.finished(token, _OK)
+                return None, []
+            try:
+                frame = reply_frame(call.id, result, codec)
+            except SerializationError as exc:
+                self.counters["errors"] += 1
+                log.error("reply to %r (call %d) cannot be encoded: %s", call.method, call.id, exc)
+                record = ErrorRecord.refusal(StatusCode.INTERNAL, f"result not sendable: {exc}")
+                record.type = "zcall.SerializationError"
+                self.metrics.finished(token, _ERROR)
+                frame = error_frame(call.id, record, codec)
+            else:
+                self.metrics.finished(token, _OK)
+        else:
+            record = self._record_for(call, error)
+            self.counters["errors"] += 1
+            self.metrics.finished(token, outcome_for_status(record.code))
+            if call.notify:
+                return None, []
+            frame = error_frame(call.id, record, codec)
+            if cache_key is not None and record.code in (StatusCode.CANCELLED, StatusCode.UNAVAILABLE):
+                return frame, self.replies.forget(cache_key)  # not done: a later resend may run it
+        if cache_key is not None:
+            return frame, self.replies.complete(cache_key, frame)
+        return frame, []
+
+    def _record_for(self, call: CallContext, error: BaseException) -> ErrorRecord:
+        """The error record for how a call ended: refusals keep their code, handler failures are 1."""
+        if isinstance(error, Rejected):
+            if error.code == StatusCode.DEADLINE_EXCEEDED:
+                self.counters["expired"] += 1
+            return ErrorRecord(error.code, error.type, error.message, None, error.data)
+        if isinstance(error, Expired):
+            self.counters["expired"] += 1
+            return ErrorRecord.refusal(StatusCode.DEADLINE_EXCEEDED, "deadline passed in queue")
+        if isinstance(error, _CANCELLED_ERRORS):
+            self.counters["cancelled"] += 1
+            return ErrorRecord.refusal(StatusCode.CANCELLED, "call cancelled")
+        level = logging.INFO if isinstance(error, Exception) else logging.WARNING
+        log.log(level, "handler %r raised %s: %s", call.method, type(error).__name__, error)
+        return ErrorRecord.from_exception(error, with_traceback=self.send_tracebacks)
+
+    def unavailable(
+        self, call: CallContext, why: str = "server stopped before the call finished"
+    ) -> tuple[bytes | None, list[Any]]:
+        """End a call cut short by a graceful stop's grace period: UNAVAILABLE (``finish``'s answer)."""
+        return self.finish(call, error=Rejected(StatusCode.UNAVAILABLE, why))

@@ -18,7 +18,8 @@ ERROR      the callee failed: handler raised, INTERNAL, OVERLOADED,  failure    
            UNAVAILABLE (shed or shutting down)
 TIMEOUT    no reply in time, or the callee dropped it for deadline   failure          no
 REJECTED   the caller's fault: no such method, bad arguments, bad    excluded         no
-           message, arguments not encodable, local backpressure
+           message, not allowed, arguments not encodable, local
+           backpressure
 CANCELLED  the caller gave up (cancelled, client closed)             excluded         no
 =========  ========================================================  ===============  ==============
 
@@ -141,6 +142,7 @@ _STATUS_OUTCOME: dict[int, Outcome] = {
     StatusCode.UNSUPPORTED_VERSION: Outcome.REJECTED,
     StatusCode.MESSAGE_TOO_LARGE: Outcome.REJECTED,
     StatusCode.CANCELLED: Outcome.CANCELLED,
+    StatusCode.PERMISSION_DENIED: Outcome.REJECTED,
 }
 
 

@@ -12,11 +12,12 @@ import inspect
 import os
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar, overload
 
+from ..errors import Rejected
 from ..protocol.status import StatusCode
-from ..protocol.wire import ErrorRecord
+from .interceptors import ServerInterceptor
 from .metrics import Metrics
 
 __all__ = ["BUILTIN_PREFIX", "Method", "Rejected", "Service"]
@@ -27,12 +28,8 @@ BUILTIN_PREFIX = "zcall."
 """Reserved prefix of the built-in introspection methods (``zcall.ping``, ``zcall.methods`` ...)."""
 
 
-class Rejected(Exception):
-    """A call refused before its handler ran; carries the error record to send back."""
-
-    def __init__(self, code: StatusCode, message: str, type: str = "zcall.RemoteError") -> None:  # noqa: A002
-        super().__init__(message)
-        self.record = ErrorRecord(code, type, message)
+MAX_HINTED_NAME = 200
+"""Unknown names longer than this get no close-match hints (the search is quadratic in the name)."""
 
 
 def _private(name: str) -> bool:
@@ -109,11 +106,8 @@ class Method:
         try:
             sig.bind(*args, **kwargs)
         except TypeError as exc:
-            raise Rejected(
-                StatusCode.INVALID_ARGUMENTS,
-                f"bad arguments for {self.name}{sig}: {exc}",
-                "zcall.InvalidArguments",
-            ) from None
+            text = f"bad arguments for {self.name}{sig}: {exc}"
+            raise Rejected(StatusCode.INVALID_ARGUMENTS, text) from None
 
     def describe(self) -> dict[str, Any]:
         """What ``zcall.methods`` reports for this method."""
@@ -132,9 +126,13 @@ class Method:
 class Service:
     """A named set of callable methods; hand it to any zcall server or peer."""
 
-    def __init__(self, name: str = "zcall") -> None:
+    def __init__(self, name: str = "zcall", *, interceptors: Sequence[ServerInterceptor] = ()) -> None:
         self.name = name
         self._methods: dict[str, Method] = {}
+        self.interceptors: tuple[ServerInterceptor, ...] = ()
+        """Hooks around every call of this service, on every server that serves it (``add_interceptor``)."""
+        for i in interceptors:
+            self.add_interceptor(i)
         self._started = time.time()
         self.metrics = Metrics()
         """Per-method call metrics, recorded by every server that serves this service."""
@@ -218,6 +216,16 @@ class Service:
             raise ValueError(f"{obj!r} has no public methods to register")
         return added
 
+    def add_interceptor(self, interceptor: ServerInterceptor) -> None:
+        """Apply ``interceptor`` to every call of this service, after the ones already added (it is inner
+        to them: its ``on_call`` runs later, its ``on_reply``/``on_error`` earlier)."""
+        if not isinstance(interceptor, ServerInterceptor):
+            raise TypeError(
+                f"{interceptor!r} is not a zcall.ServerInterceptor: subclass it and override on_call, "
+                "on_reply or on_error"
+            )
+        self.interceptors = (*self.interceptors, interceptor)
+
     def _add_builtin(self, short: str, fn: Callable[..., Any], *, inline: bool = True) -> None:
         """Add a built-in (server-provided) method under the reserved prefix."""
         name = BUILTIN_PREFIX + short
@@ -226,19 +234,21 @@ class Service:
     # -- lookup -----------------------------------------------------------------------------------
 
     def lookup(self, name: str) -> Method:
-        """The method called ``name``, or ``Rejected(METHOD_NOT_FOUND)`` naming close matches."""
+        """The method called ``name``, or ``Rejected(METHOD_NOT_FOUND)`` naming close matches (in the
+        message, and as ``data["close"]`` for programs)."""
         m = self._methods.get(name)
         if m is not None:
             return m
-        if type(name) is str and not _private(name):
-            close = difflib.get_close_matches(name, [n for n in self._methods], n=3, cutoff=0.6)
+        if type(name) is str and len(name) <= MAX_HINTED_NAME and not _private(name):
+            close = difflib.get_close_matches(name, list(self._methods), n=3, cutoff=0.6)
         else:
             close = []
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        shown = name if len(name) <= MAX_HINTED_NAME else name[:MAX_HINTED_NAME] + "..."
         raise Rejected(
             StatusCode.METHOD_NOT_FOUND,
-            f"no method {name!r} on service {self.name!r}{hint}",
-            "zcall.MethodNotFound",
+            f"no method {shown!r} on service {self.name!r}{hint}",
+            data={"close": close},
         )
 
     def __contains__(self, name: object) -> bool:

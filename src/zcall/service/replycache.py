@@ -98,11 +98,15 @@ class ReplyCache:
         self._evict()
         return waiters
 
-    def forget(self, rid: Hashable) -> None:
-        """Drop ``rid`` (the call was refused before running: a resend may run it)."""
+    def forget(self, rid: Hashable) -> list[Any]:
+        """Drop ``rid`` (refused, cancelled or cut short: a resend may run it); returns the waiters that
+        had joined it (answer them as the call was answered)."""
         e = self._entries.pop(rid, None)
-        if e is not None and e[1] is not IN_PROGRESS:
+        if e is None:
+            return []
+        if e[1] is not IN_PROGRESS:
             self._bytes -= len(e[1])
+        return e[2] or []
 
     def _expire(self) -> None:
         entries = self._entries
