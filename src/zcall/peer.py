@@ -8,23 +8,24 @@ is no central process; zmq reconnects, so peers may start in any order.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
-import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import zmq
 
 from .client.asynchronous import AsyncClient
+from .client.interceptors import ClientInterceptor
 from .client.sync import SyncClient
 from .engine.loop import run_on, running_loop
 from .engine.sockets import DEFAULT_BIND, normalize_endpoints
 from .protocol.codec import Codec, default_codec
 from .security import ClientSecurity, ServerSecurity
+from .server.lifecycle import DEFAULT_GRACE, Lifecycle
 from .server.rep import SyncServer
 from .server.router import AsyncServer
 from .service.registry import Service
@@ -32,8 +33,13 @@ from .service.registry import Service
 __all__ = ["Peer"]
 
 
-class Peer:
-    """A named node that serves ``service`` and calls the peers it knows (``connect(name, endpoint)``)."""
+class Peer(Lifecycle):
+    """A named node that serves ``service`` and calls the peers it knows (``connect(name, endpoint)``).
+
+    Its lifecycle is every server's (``start``, ``stop(grace)``, ``serve_forever(grace=, on_ready=)``,
+    ``await serve()``, ``aclose(grace)``); ``stop`` stops serving first (in-flight handlers keep their
+    nested calls for the grace period), then closes its connections to other peers.
+    """
 
     def __init__(
         self,
@@ -51,13 +57,16 @@ class Peer:
         codec: Codec = default_codec,
         security: ServerSecurity | None = None,
         peer_keys: str | os.PathLike[str] | None = None,
+        interceptors: Sequence[ClientInterceptor] = (),
     ) -> None:
         self.name = name
         self.service = service if service is not None else Service(name)
         self.workers = workers
+        """Threads for blocking handlers; a blocking handler waiting on a nested call holds one."""
         self.send_tracebacks = send_tracebacks
         """Whether error replies carry the handler's traceback (turn off towards untrusted callers)."""
-        """Threads for blocking handlers; a blocking handler waiting on a nested call holds one."""
+        self.interceptors = tuple(interceptors)
+        """Client interceptors for every call this peer makes (server ones go on its ``service``)."""
         self.security = security
         """CURVE for this peer: its key pair serves callers and calls other peers (they must allow it)."""
         self.peer_keys = None if peer_keys is None else Path(peer_keys)
@@ -76,6 +85,7 @@ class Peer:
         self._lock = threading.RLock()
         self._server: AsyncServer | None = None
         self._sync_server: SyncServer | None = None
+        self._done = threading.Event()
         for peer_name, eps in (peers or {}).items():
             self.connect(peer_name, eps)
 
@@ -98,8 +108,9 @@ class Peer:
         """The REP endpoint, when the peer was given ``sync_bind``."""
         return self._sync_server.endpoint if self._sync_server is not None else None
 
-    def start(self) -> Peer:
-        """Bind and serve on zcall's engine thread; returns once bound."""
+    def _make_servers(self) -> AsyncServer:
+        if self._server is not None:
+            raise RuntimeError(f"peer {self.name!r} already started")
         self._server = AsyncServer(
             self.service,
             self.bind,
@@ -109,7 +120,7 @@ class Peer:
             context=self._ctx,
             codec=self._codec,
             security=self.security,
-        ).start()
+        )
         if self.sync_bind is not None:
             self._sync_server = SyncServer(
                 self.service,
@@ -118,11 +129,43 @@ class Peer:
                 codec=self._codec,
                 security=self.security,
                 send_tracebacks=self.send_tracebacks,
-            ).start()
+            )
+        return self._server
+
+    def start(self) -> Peer:
+        """Bind and serve on zcall's engine thread (and a REP thread, with ``sync_bind``); returns once
+        bound."""
+        server = self._make_servers()
+        server.start()
+        if self._sync_server is not None:
+            try:
+                self._sync_server.start()
+            except BaseException:
+                server.stop(0)
+                raise
         return self
 
-    def stop(self, grace: float = 5.0) -> None:
-        """Stop serving (in-flight calls get ``grace`` seconds) and close every outgoing connection."""
+    def stop(self, grace: float = DEFAULT_GRACE) -> None:
+        """Stop serving (in-flight calls get ``grace`` seconds, on both sockets at once), then close every
+        outgoing connection."""
+        self._wake_forever()
+        sync_stop = None
+        if self._sync_server is not None:
+            sync_stop = threading.Thread(target=self._sync_server.stop, args=(grace,), name="zcall-peer-stop")
+            sync_stop.start()
+        if self._server is not None:
+            self._server.stop(grace)
+        if sync_stop is not None:
+            sync_stop.join()
+        self._close_clients()
+        self._done.set()
+
+    def _hurry(self) -> None:
+        for server in (self._server, self._sync_server):
+            if server is not None:
+                server._hurry()
+
+    def _close_clients(self) -> None:
         with self._lock:
             sync_clients, self._sync_clients = self._sync_clients, {}
             async_clients, self._async_clients = self._async_clients, {}
@@ -130,35 +173,33 @@ class Peer:
             c.close()
         for ac in async_clients.values():
             ac.close()
+
+    async def serve(self, grace: float = DEFAULT_GRACE, on_ready: Callable[[str], Any] | None = None) -> None:
+        """Serve on the running asyncio loop until ``aclose()`` or cancellation (then stop with ``grace``)."""
+        server = self._make_servers()
         if self._sync_server is not None:
-            self._sync_server.stop()
-        if self._server is not None:
-            self._server.stop(grace)
-
-    def serve_forever(self, grace: float = 5.0) -> None:
-        """Start, then block until Ctrl-C or SIGTERM, then stop with ``grace``."""
-        self.start()
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            # raise from the handler, never take a lock in it (Event.set() can deadlock when a second
-            # signal lands while the first handler holds the Event's lock)
-            previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+            await asyncio.to_thread(self._sync_server.start)
         try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
+            await server.serve(grace, on_ready)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-            self.stop(grace)
+            if self._sync_server is not None:
+                await asyncio.shield(asyncio.to_thread(self._sync_server.stop, grace))
+            self._close_clients()
+            self._done.set()
 
-    def __enter__(self) -> Peer:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    async def aclose(self, grace: float = DEFAULT_GRACE) -> None:
+        """Graceful stop from asyncio code (see ``stop``)."""
+        if self._server is not None and self._server._loop is running_loop():
+            sync_stop = None
+            if self._sync_server is not None:
+                sync_stop = asyncio.ensure_future(asyncio.to_thread(self._sync_server.stop, grace))
+            await self._server.aclose(grace)
+            if sync_stop is not None:
+                await sync_stop
+            self._close_clients()
+            self._done.set()
+            return
+        await asyncio.to_thread(self.stop, grace)
 
     # -- the directory -----------------------------------------------------------------------------
 
@@ -238,6 +279,7 @@ class Peer:
             "context": self._ctx,
             "codec": self._codec,
             "security": self._client_security(name),
+            "interceptors": self.interceptors,
         }
         if self._server is not None and self._server._loop is not None:
             # live on the server's loop, so coroutine handlers can await calls to other peers
@@ -268,6 +310,7 @@ class Peer:
                     context=self._ctx,
                     codec=self._codec,
                     security=self._client_security(name),
+                    interceptors=self.interceptors,
                 )
                 self._sync_clients[name] = c
             return c

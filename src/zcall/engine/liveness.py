@@ -15,7 +15,7 @@ from enum import StrEnum
 
 import zmq
 
-__all__ = ["DEFAULT_HEARTBEAT", "Heartbeat", "State"]
+__all__ = ["DEFAULT_HEARTBEAT", "Heartbeat", "Liveness", "State"]
 
 
 class State(StrEnum):
@@ -48,3 +48,58 @@ class Heartbeat:
 
 DEFAULT_HEARTBEAT = Heartbeat()
 """1 s heartbeats, dead after 3 s of silence."""
+
+
+class Liveness:
+    """What one client believes of one connection, from what it hears (pure: the caller supplies ``now``).
+
+    Any message makes a connected remote ALIVE; silence for two heartbeat intervals makes it SUSPECT; a
+    dropped connection makes it DEAD. ``tick`` also says when to ping: a connection quiet for one
+    interval gets one ping, and no second one until something comes back (no backlog for a frozen peer).
+    """
+
+    __slots__ = ("state", "last_heard", "ping_out", "connected")
+
+    def __init__(self) -> None:
+        self.state = State.DEAD
+        self.last_heard = 0.0
+        self.ping_out = False
+        self.connected = False
+
+    def _to(self, state: State) -> State | None:
+        if self.state is state:
+            return None
+        self.state = state
+        return state
+
+    def up(self, now: float) -> State | None:
+        """The connection (re)opened; returns the new state if it changed."""
+        self.connected = True
+        self.last_heard = now
+        self.ping_out = False
+        return self._to(State.ALIVE)
+
+    def down(self) -> State | None:
+        """The connection dropped."""
+        self.connected = False
+        self.ping_out = False
+        return self._to(State.DEAD)
+
+    def heard(self, now: float) -> State | None:
+        """A message arrived on the connection."""
+        self.last_heard = now
+        return self._to(State.ALIVE) if self.connected else None
+
+    def pong(self) -> None:
+        self.ping_out = False
+
+    def tick(self, now: float, interval: float) -> tuple[State | None, bool]:
+        """Once per heartbeat interval: (new state if it changed, whether to send a ping now)."""
+        if not self.connected:
+            return None, False
+        quiet = now - self.last_heard
+        changed = self._to(State.SUSPECT) if quiet > 2 * interval and self.state is State.ALIVE else None
+        ping = quiet > interval and not self.ping_out
+        if ping:
+            self.ping_out = True
+        return changed, ping

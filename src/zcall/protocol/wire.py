@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import reprlib
 import traceback as _tb
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Final
@@ -222,7 +223,7 @@ _CALL, _REPLY, _ERROR, _NOTIFY = int(Kind.CALL), int(Kind.REPLY), int(Kind.ERROR
 _PING, _PONG, _CANCEL = int(Kind.PING), int(Kind.PONG), int(Kind.CANCEL)
 
 
-def _meta(deadline_ms: int | None, headers: dict[str, Any] | None, retry: bool = False) -> dict[str, Any]:
+def _meta(deadline_ms: int | None, headers: Mapping[str, Any] | None, retry: bool = False) -> dict[str, Any]:
     if deadline_ms is None and not headers and not retry:
         return {}
     meta: dict[str, Any] = {}
@@ -264,7 +265,7 @@ def call_frame(
     args: Any,
     kwargs: dict[str, Any],
     deadline_ms: int | None = None,
-    headers: dict[str, Any] | None = None,
+    headers: Mapping[str, Any] | None = None,
     codec: Codec = default_codec,
     retry: bool = False,
 ) -> bytes:
@@ -278,7 +279,7 @@ def notify_frame(
     args: Any,
     kwargs: dict[str, Any],
     deadline_ms: int | None = None,
-    headers: dict[str, Any] | None = None,
+    headers: Mapping[str, Any] | None = None,
     codec: Codec = default_codec,
 ) -> bytes:
     """Encode a NOTIFY (a CALL that is never answered)."""

@@ -1,0 +1,361 @@
+"""The client core: what every client face shares, so each face is only its I/O (httpx's BaseClient).
+
+``ClientCore`` holds the configuration and its checks, the per-call options, the call spec
+(``OutgoingCall``), the retry and failover policy, the mapping from a reply to a result or an exception,
+the client interceptors and the statistics. ``SyncClient`` (REQ) and ``AsyncClient`` (DEALER; asyncio and
+callback faces) subclass it and add how a call travels.
+
+One meaning for each knob, on every face:
+
+- ``timeout`` is the budget of the *whole* call: every attempt shares it, and each attempt's
+  ``meta.deadline`` is what is left of it when that attempt is sent;
+- ``retries`` is how many times a call may be resent after an attempt got no answer (timed out, or its
+  connection dropped); ``None`` (the default) means once per further endpoint, so a client of several
+  servers fails over and a client of one does not resend. Attempts share the budget: each gets what is
+  left divided by the attempts left. A resend reuses the id and says ``retry`` on the wire, so a zcall
+  server runs the call at most once (its reply cache); another server may run it again;
+- ``idempotent=True`` says the method may run twice: a call whose connection dropped is then resent
+  (within its budget) without using up an attempt;
+- a call made inside a handler inherits what is left of that handler's deadline (the smaller of its own
+  timeout and the time left) unless ``inherit_deadline=False``; an already expired one is not sent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import zmq
+
+from ..engine.sockets import normalize_endpoints
+from ..errors import CallTimeout, RemoteError
+from ..protocol.codec import Codec, default_codec
+from ..protocol.ids import IdSource
+from ..protocol.status import StatusCode
+from ..protocol.wire import call_frame
+from ..service.context import current_call
+from ..service.metrics import Metrics, Outcome, outcome_for_exception
+from .failover import Failover
+from .interceptors import ClientInterceptor
+
+if TYPE_CHECKING:
+    from ..protocol.wire import ErrorRecord
+    from ..security import ClientSecurity
+
+__all__ = ["DEFAULT_TIMEOUT", "CallOptions", "ClientCore", "OutgoingCall"]
+
+DEFAULT_TIMEOUT = 5.0
+"""Seconds a call may take, all attempts together, unless the client or the call says otherwise."""
+
+_OK = int(Outcome.OK)
+_monotonic = time.monotonic
+_RETRYABLE_REFUSALS = frozenset((StatusCode.OVERLOADED,))
+"""Refusals that guarantee the call did not run, so another attempt is safe for any method."""
+
+
+def _check_timeout(timeout: float) -> float:
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not timeout > 0:
+        raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+    return float(timeout)
+
+
+def _check_retries(retries: int | None) -> int | None:
+    if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
+        raise ValueError(f"retries must be None (one attempt per endpoint) or an int >= 0, got {retries!r}")
+    return retries
+
+
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    """Per-call settings; a client's defaults, or a view's (``client.options(...)``)."""
+
+    timeout: float = DEFAULT_TIMEOUT
+    retries: int | None = None
+    idempotent: bool = False
+    headers: Mapping[str, Any] | None = None
+    inherit_deadline: bool = True
+
+    def __post_init__(self) -> None:
+        _check_timeout(self.timeout)
+        _check_retries(self.retries)
+        if self.headers is not None and not isinstance(self.headers, Mapping):
+            raise TypeError(f"headers must be a mapping of str to values, got {type(self.headers).__name__}")
+
+    def with_changes(self, **changes: Any) -> CallOptions:
+        """These options with the given fields replaced (``None`` keeps a field as it is)."""
+        kept = {k: v for k, v in changes.items() if v is not None}
+        return replace(self, **kept) if kept else self
+
+
+class OutgoingCall:
+    """One call on its way: what a client interceptor sees, and the faces' bookkeeping for it.
+
+    ``headers`` is this call's own dict when interceptors run (they may add to it). ``deadline`` is on
+    the ``time.monotonic()`` clock; ``attempts`` is how many sends the call may make, ``attempt`` how many
+    it made; ``endpoint`` is where the latest attempt went.
+    """
+
+    __slots__ = (
+        "method",
+        "args",
+        "kwargs",
+        "id",
+        "headers",
+        "timeout",
+        "deadline",
+        "attempts",
+        "attempt",
+        "idempotent",
+        "started",
+        "endpoint",
+        "tried",
+        "token",
+        "due",
+        "sched",
+        "_state",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        args: Any,
+        kwargs: dict[str, Any],
+        rid: int,
+        headers: Mapping[str, Any] | None,
+        timeout: float,
+        attempts: int,
+        idempotent: bool,
+        now: float,
+    ) -> None:
+        self.method = method
+        self.args = args
+        self.kwargs = kwargs
+        self.id = rid
+        self.headers = headers
+        self.timeout = timeout
+        self.deadline = now + timeout
+        self.attempts = attempts
+        self.attempt = 0
+        self.idempotent = idempotent
+        self.started = now
+        self.endpoint: str | None = None
+        self.tried: list[str] | None = None
+        self.token: Any = None
+        self.due = self.deadline
+        self.sched = 0  # the in-flight table's filing number (async faces)
+        self._state: dict[str, Any] | None = None
+
+    @property
+    def time_remaining(self) -> float:
+        """Seconds left of this call's budget (negative once passed)."""
+        return self.deadline - _monotonic()
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """A per-call dict for interceptors (made on first use)."""
+        if self._state is None:
+            self._state = {}
+        return self._state
+
+    def attempt_budget(self, now: float) -> float:
+        """What the next attempt may take: the time left, shared by the attempts left."""
+        left = self.attempts - self.attempt
+        return (self.deadline - now) / (left if left > 1 else 1)
+
+    def __repr__(self) -> str:
+        return f"<OutgoingCall {self.method!r} id={self.id:#x} attempt {self.attempt}/{self.attempts}>"
+
+
+class ClientCore:
+    """Configuration and the pure half of every call, shared by every client face."""
+
+    _call_class: type[OutgoingCall] = OutgoingCall
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int | None = None,
+        idempotent: bool = False,
+        headers: Mapping[str, Any] | None = None,
+        context: zmq.Context | None = None,
+        codec: Codec = default_codec,
+        security: ClientSecurity | None = None,
+        interceptors: Sequence[ClientInterceptor] = (),
+    ) -> None:
+        self.endpoints = normalize_endpoints(endpoints)
+        self._defaults = CallOptions(_check_timeout(timeout), _check_retries(retries), idempotent, headers)
+        for i in interceptors:
+            if not isinstance(i, ClientInterceptor):
+                raise TypeError(
+                    f"{i!r} is not a zcall.ClientInterceptor: subclass it and override on_call, on_reply or "
+                    "on_error"
+                )
+        self._interceptors: tuple[ClientInterceptor, ...] = tuple(interceptors)
+        self._ctx = context or zmq.Context.instance()
+        self._codec = codec
+        self._security = security
+        self._ids = IdSource()
+        self._failover = Failover(self.endpoints)
+        self.metrics = Metrics()
+        """Per remote method: calls, outcomes, latency, throughput, availability (``statistics()``)."""
+        self.counters: dict[str, int] = {
+            "calls": 0,
+            "attempts": 0,
+            "retries": 0,
+            "replies": 0,
+            "errors": 0,
+            "timeouts": 0,
+            "stale_replies": 0,
+            "bad_replies": 0,
+            "cancelled": 0,
+            "connection_lost": 0,
+        }
+
+    # -- configuration ------------------------------------------------------------------------------
+
+    @property
+    def timeout(self) -> float:
+        """The default budget of a whole call, in seconds."""
+        return self._defaults.timeout
+
+    @property
+    def retries(self) -> int | None:
+        return self._defaults.retries
+
+    @property
+    def headers(self) -> Mapping[str, Any] | None:
+        return self._defaults.headers
+
+    def _options(
+        self,
+        timeout: float | None,
+        retries: int | None,
+        idempotent: bool | None,
+        headers: Mapping[str, Any] | None,
+        inherit_deadline: bool | None,
+    ) -> CallOptions:
+        return self._defaults.with_changes(
+            timeout=timeout,
+            retries=retries,
+            idempotent=idempotent,
+            headers=headers,
+            inherit_deadline=inherit_deadline,
+        )
+
+    # -- the pure half of a call --------------------------------------------------------------------
+
+    def _begin(self, method: str, args: Any, kwargs: dict[str, Any], opts: CallOptions) -> OutgoingCall:
+        """Check and describe a new call: budget (inherited deadline), attempts, interceptors, metrics."""
+        if type(method) is not str or not method:
+            raise TypeError(f"method must be a non-empty str, got {method!r}")
+        now = _monotonic()
+        timeout = opts.timeout
+        if opts.inherit_deadline:
+            caller = current_call()
+            if caller is not None and caller.deadline is not None:
+                left = caller.deadline - now
+                if left < timeout:
+                    if left <= 0:
+                        raise CallTimeout(
+                            method,
+                            self.endpoints,
+                            0,
+                            0.0,
+                            f"not sent: the deadline of the calling handler ({caller.method!r}) has passed",
+                        )
+                    timeout = left
+        retries = opts.retries if opts.retries is not None else len(self.endpoints) - 1
+        interceptors = self._interceptors
+        headers = opts.headers
+        if interceptors:
+            headers = dict(headers) if headers else {}
+        call = self._call_class(
+            method, args, kwargs, self._ids.next(), headers, timeout, retries + 1, opts.idempotent, now
+        )
+        if interceptors:
+            for i in interceptors:
+                i.on_call(call)  # may raise: nothing was sent, nothing counted
+        self.counters["calls"] += 1
+        call.token = self.metrics.started(method)
+        return call
+
+    def _frame(self, call: OutgoingCall, now: float) -> bytes:
+        """The CALL body for the next attempt: what is left of the budget goes as meta.deadline."""
+        left_ms = max(1, int((call.deadline - now) * 1000))  # 0 would mean "already expired"
+        c = call
+        return call_frame(c.id, c.method, c.args, c.kwargs, left_ms, c.headers, self._codec, c.attempts > 1)
+
+    def _ok(self, call: OutgoingCall, result: Any) -> Any:
+        """A result came back: reply hooks, metrics, failover health; returns what the caller gets."""
+        if call.endpoint is not None:
+            self._failover.answered(call.endpoint)
+        interceptors = self._interceptors
+        if interceptors:
+            try:
+                for i in reversed(interceptors):
+                    result = i.on_reply(call, result)
+            except BaseException as exc:  # a hook that raises makes the call fail
+                raise self._failed(call, exc, hooks=False) from None
+        self.counters["replies"] += 1
+        self.metrics.finished(call.token, _OK)
+        return result
+
+    def _failed(self, call: OutgoingCall, error: BaseException, *, hooks: bool = True) -> BaseException:
+        """The call failed: error hooks and metrics; returns the exception the caller gets."""
+        if hooks and self._interceptors:
+            for i in reversed(self._interceptors):
+                try:
+                    error = i.on_error(call, error)
+                except BaseException as exc:  # a hook that raises replaces the error
+                    error = exc
+        if isinstance(error, RemoteError):
+            self.counters["errors"] += 1
+        if call.token is not None:
+            self.metrics.finished(call.token, outcome_for_exception(error))
+            call.token = None
+        return error
+
+    def _remote_error(self, call: OutgoingCall, record: ErrorRecord, endpoint: str | None) -> RemoteError:
+        """The exception for an error record, one mapping for every face (``errors.error_for_record``)."""
+        if endpoint is not None:
+            self._failover.answered(endpoint)  # it answered, even if with an error
+        return record.to_exception(
+            call.method, endpoint=endpoint, attempts=call.attempt, elapsed=_monotonic() - call.started
+        )
+
+    @staticmethod
+    def _may_retry_refusal(code: int) -> bool:
+        """Whether a refusal means the call certainly did not run (so any method may be retried)."""
+        return code in _RETRYABLE_REFUSALS
+
+    def _timed_out(self, call: OutgoingCall, detail: str = "") -> CallTimeout:
+        tried = call.tried or ([call.endpoint] if call.endpoint else self.endpoints)
+        return CallTimeout(call.method, tried, call.attempt, _monotonic() - call.started, detail)
+
+    def _note_attempt(self, call: OutgoingCall, endpoint: str) -> None:
+        """Book one more send of ``call`` to ``endpoint``."""
+        call.attempt += 1
+        call.endpoint = endpoint
+        if call.attempt > 1:
+            self.counters["retries"] += 1
+        self.counters["attempts"] += 1
+        tried = call.tried
+        if tried is None:
+            call.tried = [endpoint]
+        elif endpoint not in tried:
+            tried.append(endpoint)
+
+    # -- introspection ------------------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters and per-method metrics; each face adds what only it knows.
+
+        ``calls`` made, ``attempts`` sent (``retries`` of them resends), ``replies`` (results),
+        ``errors`` (error replies raised), ``timeouts`` (attempts that got no answer within their share
+        of the budget), ``stale_replies`` (late or duplicate, dropped), ``bad_replies`` (undecodable),
+        ``cancelled``, ``connection_lost``. How each call ended, per method: ``methods``."""
+        return {**self.counters, "methods": self.metrics.snapshot()["methods"]}

@@ -1,0 +1,205 @@
+"""One DEALER connection to one endpoint: its socket, reader, connection monitor and liveness.
+
+The monitor tells when the connection is up (handshake done), down (disconnected), or refused by the
+security handshake; ``diagnose_handshake`` turns libzmq's events into a reason a user can act on. The
+channel owns nothing about calls: it hands frames and connection changes to its client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from ..protocol.wire import DELIMITER
+from .liveness import Heartbeat, Liveness
+from .reader import Reader
+from .sockets import apply_size_limit, close_quietly, fast_send
+
+if TYPE_CHECKING:
+    from ..security import ClientSecurity
+
+__all__ = ["Channel", "ChannelEvents", "diagnose_handshake"]
+
+log = logging.getLogger("zcall.client")
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_NOBLOCK_SNDMORE = _NOBLOCK | int(zmq.SNDMORE)
+MONITORED = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+_PROTOCOL_ERRORS = {getattr(zmq, n): n for n in dir(zmq) if n.startswith("PROTOCOL_ERROR_")}
+
+
+def diagnose_handshake(event: int, value: int, curve: bool, closed_in_handshake: int) -> str | None:
+    """Why a security handshake failed for good, in words; None when it may still succeed (retry).
+
+    libzmq does not retry after an AUTH or PROTOCOL failure, so calls waiting for that endpoint would
+    only time out. NO_DETAIL (the server hung up mid-handshake, as it does on a wrong server key) is
+    retried by libzmq and may be a server going down, so it counts after two in a row, with CURVE on.
+    """
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return (
+            f"the server refused this client (ZAP status {value}): its public key is not in the "
+            "server's allow-list, or its address is not allowed"
+        )
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            return (
+                "the server does not use CURVE: drop security= or secure the server"
+                if curve
+                else "the server requires CURVE: pass security=ClientSecurity(secret, server key)"
+            )
+        return f"protocol error {_PROTOCOL_ERRORS.get(value, value)}"
+    if not curve or closed_in_handshake < 2:
+        return None
+    return (
+        "the server closed the connection during the CURVE handshake: most likely the server "
+        "public key given to security= is not this server's"
+    )
+
+
+class ChannelEvents:
+    """What a channel tells its client (the async client implements these)."""
+
+    def _on_frames(self, ch: Channel, frames: list[bytes]) -> None: ...
+    def _on_up(self, ch: Channel) -> None: ...
+    def _on_down(self, ch: Channel) -> None: ...
+    def _on_refused(self, ch: Channel) -> None: ...
+    def _on_writable(self) -> None: ...
+
+
+class Channel:
+    """A DEALER connected to one endpoint, with its reader, its connection monitor and its liveness."""
+
+    __slots__ = (
+        "endpoint",
+        "sock",
+        "reader",
+        "monitor",
+        "monitor_reader",
+        "liveness",
+        "last_seq",
+        "refused",
+        "closed_in_handshake",
+        "handshake_failures",
+        "_send",
+        "_loop",
+        "_events",
+        "_curve",
+    )
+
+    def __init__(
+        self,
+        events: ChannelEvents,
+        loop: asyncio.AbstractEventLoop,
+        ctx: zmq.Context,
+        endpoint: str,
+        *,
+        max_message_size: int,
+        heartbeat: Heartbeat | None,
+        security: ClientSecurity | None,
+    ) -> None:
+        self.endpoint = endpoint
+        self._loop = loop
+        self._events = events
+        self._curve = security is not None
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 0)  # 1 would drop replies still unread when the server hangs up
+        apply_size_limit(sock, max_message_size)
+        if heartbeat is not None:
+            heartbeat.apply(sock)
+        if security is not None:
+            security.apply(sock)
+        self.monitor = sock.get_monitor_socket(MONITORED)
+        sock.connect(endpoint)
+        self.sock = sock
+        self._send = fast_send(sock)
+        self.liveness = Liveness()
+        self.last_seq = 0
+        """Sequence number of the last event from this connection (0: none since it connected)."""
+        self.refused: str | None = None
+        """Why the last handshake failed for good (no service here), or None."""
+        self.closed_in_handshake = 0  # CURVE handshakes the server cut short in a row (wrong server key?)
+        self.handshake_failures = 0
+        self.reader = Reader(loop, sock, self._frames, events._on_writable)
+        self.monitor_reader = Reader(loop, self.monitor, self._on_monitor)
+        self.reader.start()
+        self.monitor_reader.start()
+
+    @property
+    def connected(self) -> bool:
+        return self.liveness.connected
+
+    def send(self, body: bytes) -> bool:
+        """Send one body (after the delimiter) without blocking; False when the queue is full."""
+        send = self._send
+        try:
+            send(DELIMITER, _NOBLOCK_SNDMORE)
+            send(body, _NOBLOCK)
+        except zmq.Again:
+            self.reader.want_writable()
+            return False
+        self.reader.check()
+        return True
+
+    def send_quietly(self, body: bytes) -> None:
+        """Best-effort send (a cancel, a ping, a subscription): dropped if it cannot go now."""
+        try:
+            self.send(body)
+        except zmq.ZMQError:
+            pass
+
+    def drain(self) -> list[list[bytes]]:
+        """Whatever is still queued on the socket (read before a disconnect is acted on)."""
+        out = []
+        while True:
+            try:
+                out.append(self.sock.recv_multipart(_NOBLOCK))
+            except zmq.ZMQError:
+                return out
+
+    def _frames(self, frames: list[Any]) -> None:
+        self._events._on_frames(self, frames)
+
+    def _on_monitor(self, frames: list[bytes]) -> None:
+        try:
+            parsed = parse_monitor_message(frames)
+        except Exception:  # a truncated monitor message: nothing to learn from it
+            return
+        event = parsed["event"]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.refused, self.closed_in_handshake = None, 0
+            self.last_seq = 0
+            self._events._on_up(self)
+        elif event == zmq.EVENT_DISCONNECTED:
+            self._events._on_down(self)
+        else:
+            self.handshake_failures += 1
+            if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                self.closed_in_handshake += 1
+            reason = diagnose_handshake(event, int(parsed["value"]), self._curve, self.closed_in_handshake)
+            if reason is None:
+                return
+            if self.refused is None:
+                log.info("%s: security handshake failed: %s", self.endpoint, reason)
+            self.refused = reason
+            self._events._on_refused(self)
+
+    def close(self) -> None:
+        self.reader.stop()
+        self.monitor_reader.stop()
+        try:
+            self.sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        close_quietly(self.monitor)
+        close_quietly(self.sock)
