@@ -175,7 +175,7 @@ def test_options_headers_and_deadline_travel_with_the_call() -> None:
     assert first.headers == {"trace": "abc", "n": 1}
     assert 1400 <= first.deadline_ms <= 1500  # what was left of the 1.5 s budget when it was sent
     assert second.headers is None  # the view did not change the client
-    assert second.deadline_ms == 3000
+    assert 2900 <= second.deadline_ms <= 3000
     assert first.id != second.id
 
 
