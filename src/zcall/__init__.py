@@ -5,6 +5,8 @@ from __future__ import annotations
 # The wire first: zcall.errors imports the status codes while zcall.protocol is still loading.
 from .protocol import PROTOCOL_VERSION, Codec, StatusCode, register_type  # isort: skip
 from .client.asynchronous import AsyncClient
+from .client.core import OutgoingCall
+from .client.interceptors import ClientInterceptor
 from .client.sync import SyncClient
 from .errors import (
     AuthenticationFailed,
@@ -16,7 +18,9 @@ from .errors import (
     InvalidArguments,
     MessageTooLarge,
     MethodNotFound,
+    PermissionDenied,
     ProtocolError,
+    Rejected,
     RemoteError,
     SerializationError,
     ServerBusy,
@@ -26,6 +30,8 @@ from .peer import Peer
 from .security import ClientSecurity, ServerSecurity
 from .server.rep import SyncServer
 from .server.router import AsyncServer
+from .service.context import CallContext, current_call
+from .service.interceptors import ServerInterceptor
 from .service.registry import Service
 
 __version__ = "0.1.0"
@@ -36,8 +42,10 @@ __all__ = [
     "AsyncServer",
     "AuthenticationFailed",
     "Backpressure",
+    "CallContext",
     "CallTimeout",
     "ClientClosed",
+    "ClientInterceptor",
     "ClientSecurity",
     "Codec",
     "ConnectionLost",
@@ -45,16 +53,21 @@ __all__ = [
     "InvalidArguments",
     "MessageTooLarge",
     "MethodNotFound",
+    "OutgoingCall",
     "Peer",
+    "PermissionDenied",
     "ProtocolError",
+    "Rejected",
     "RemoteError",
     "SerializationError",
     "ServerBusy",
+    "ServerInterceptor",
     "ServerSecurity",
     "Service",
     "StatusCode",
     "SyncClient",
     "SyncServer",
     "ZcallError",
+    "current_call",
     "register_type",
 ]

@@ -50,6 +50,7 @@ class Peer(Lifecycle):
         sync_bind: str | None = None,
         peers: Mapping[str, str | Sequence[str]] | None = None,
         timeout: float = 5.0,
+        retries: int | None = None,
         max_in_flight: int = 1000,
         workers: int | None = None,
         send_tracebacks: bool = True,
@@ -75,6 +76,7 @@ class Peer(Lifecycle):
         self.bind = bind
         self.sync_bind = sync_bind
         self.timeout = timeout
+        self.retries = retries
         self._max_in_flight = max_in_flight
         self._ctx = context or zmq.Context.instance()
         self._codec = codec
@@ -276,6 +278,7 @@ class Peer(Lifecycle):
         # may be waiting for the lock in client() itself (the loop would freeze until run_on timed out).
         kwargs: dict[str, Any] = {
             "timeout": self.timeout,
+            "retries": self.retries,
             "context": self._ctx,
             "codec": self._codec,
             "security": self._client_security(name),
@@ -307,6 +310,7 @@ class Peer(Lifecycle):
                 c = SyncClient(
                     self._endpoints(name),
                     timeout=self.timeout,
+                    retries=self.retries,
                     context=self._ctx,
                     codec=self._codec,
                     security=self._client_security(name),

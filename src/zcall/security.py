@@ -226,7 +226,10 @@ class _Authenticator(ThreadAuthenticator):
                 reason.decode(),
             )
         status = b"200" if allowed else b"400"
-        self.zap_socket.send_multipart([_ZAP_VERSION, request_id, status, reason, b"", b""])
+        # The user id of an admitted CURVE client is its public key (z85): libzmq attaches it to every
+        # message from that connection, and a handler reads it as zcall.current_call().caller_key.
+        user = z85.encode(msg[6]) if allowed and mechanism == b"CURVE" and len(msg) > 6 else b""
+        self.zap_socket.send_multipart([_ZAP_VERSION, request_id, status, reason, user, b""])
 
 
 def _start_authenticator(ctx: zmq.Context) -> _Authenticator:

@@ -319,9 +319,8 @@ class AsyncClient(ClientCore, ChannelEvents):
     def _notify(self, method: str, args: Any, kwargs: dict[str, Any], opts: CallOptions) -> None:
         if self._closed:
             raise ClientClosed("AsyncClient is closed")
-        frame = notify_frame(
-            self._ids.next(), method, args, kwargs, int(opts.timeout * 1000), opts.headers, self._codec
-        )
+        deadline_ms = max(1, int(opts.timeout * 1000))  # 0 would mean "already expired"
+        frame = notify_frame(self._ids.next(), method, args, kwargs, deadline_ms, opts.headers, self._codec)
         item = _OneWay(frame, _monotonic() + opts.timeout)
         self._run_soon(lambda: self._send_or_wait(item))
 

@@ -435,7 +435,11 @@ def decode(frame: bytes, codec: Codec = default_codec) -> Message:
             code = StatusCode(code) if type(code) is int else StatusCode.INTERNAL
         except ValueError:  # a code this side does not know
             code = StatusCode.INTERNAL
-        etype, text, tb = rec.get("type", "Exception"), rec.get("message", ""), rec.get("traceback")
+        etype, text, tb = rec.get("type"), rec.get("message"), rec.get("traceback")
+        if etype is None:  # nil reads as absent, as in meta
+            etype = "Exception"
+        if text is None:
+            text = ""
         return ErrorReply(
             id_,
             ErrorRecord(

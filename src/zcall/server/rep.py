@@ -143,7 +143,11 @@ class SyncServer(Lifecycle):
             thread.join(min(left, _SLICE))
         if thread.is_alive():
             self._take_over()
-        thread.join(5.0)
+        if not self._taken_over:
+            thread.join(5.0)
+        # else: the serving thread is inside a handler that outlived the grace period. It is a daemon
+        # thread; it leaves without touching the socket when the handler returns, and does not keep
+        # the process from exiting.
         self._done.set()
 
     def _hurry(self) -> None:

@@ -1,0 +1,330 @@
+"""The contract suite's pieces: one service, every server kind, and every client face behind one shape.
+
+A ``Caller`` makes a blocking call whatever the face underneath (``SyncClient``, ``AsyncClient``'s
+asyncio face driven from a test loop thread, its callback face, a ``Peer``'s blocking and awaited
+calls), so one test body runs on every face x every server kind (tests/test_contract.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import zcall
+
+SERVER_KINDS = ["rep", "router", "peer"]
+FACES = ["sync", "asyncio", "callback", "peer", "peer-async"]
+CANCELLABLE_FACES = {"asyncio", "callback", "peer-async"}
+ASYNC_FACES = {"asyncio", "callback", "peer-async"}
+
+
+# -- the service every server kind serves --------------------------------------------------------------
+
+
+class State:
+    """What the contract service's handlers saw, for the tests to read back in-process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: dict[str, int] = {}
+        self.cancelled: set[str] = set()
+        self.finished: set[str] = set()
+        self.started: dict[str, threading.Event] = {}
+        self.seen: list[dict[str, Any]] = []  # what the server interceptor recorded
+        self.late: dict[str, str] = {}
+
+    def bump(self, key: str) -> int:
+        with self.lock:
+            self.counts[key] = self.counts.get(key, 0) + 1
+            return self.counts[key]
+
+    def started_event(self, tag: str) -> threading.Event:
+        with self.lock:
+            return self.started.setdefault(tag, threading.Event())
+
+
+class Recorder(zcall.ServerInterceptor):
+    """A server interceptor steered by headers: refuses (x-deny), translates KeyError (x-translate),
+    stamps results (x-stamp), and records every call's method, caller and duration."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def on_call(self, call: zcall.CallContext) -> None:
+        call.state["t0"] = time.monotonic()
+        if call.headers.get("x-deny"):
+            raise zcall.Rejected(zcall.StatusCode.PERMISSION_DENIED, f"{call.method} denied by x-deny")
+
+    def on_reply(self, call: zcall.CallContext, result: Any) -> Any:
+        self._record(call, "ok")
+        if call.headers.get("x-stamp"):
+            return {"stamped": result, "by": "server"}
+        return result
+
+    def on_error(self, call: zcall.CallContext, error: BaseException) -> BaseException:
+        self._record(call, type(error).__name__)
+        if call.headers.get("x-translate") and isinstance(error, KeyError):
+            return zcall.Rejected(zcall.StatusCode.INVALID_ARGUMENTS, f"no such key: {error}")
+        return error
+
+    def _record(self, call: zcall.CallContext, outcome: str) -> None:
+        with self.state.lock:
+            self.state.seen.append(
+                {
+                    "method": call.method,
+                    "outcome": outcome,
+                    "caller": call.caller,
+                    "took": time.monotonic() - call.state.get("t0", call.started),
+                    "headers": dict(call.headers),
+                }
+            )
+
+
+def make_service(state: State) -> zcall.Service:
+    svc = zcall.Service("contract", interceptors=[Recorder(state)])
+
+    @svc.method(inline=True)
+    def double(x: int) -> int:
+        return 2 * x
+
+    @svc.method
+    def echo(value: Any = None, **extra: Any) -> Any:
+        return [value, extra] if extra else value
+
+    @svc.method
+    async def adouble(x: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * x
+
+    @svc.method
+    def boom(message: str) -> None:
+        raise ValueError(message)
+
+    @svc.method
+    def lookup(key: str) -> Any:
+        return {"a": 1}[key]
+
+    @svc.method(inline=True)
+    def refuse(code: int, message: str = "refused") -> None:
+        raise zcall.Rejected(code, message, data={"code": code})
+
+    @svc.method
+    def sleep(seconds: float, tag: str = "") -> str:
+        state.started_event(tag).set()
+        time.sleep(seconds)
+        with state.lock:
+            state.finished.add(tag)
+        return tag
+
+    @svc.method
+    async def asleep(seconds: float, tag: str = "") -> str:
+        state.started_event(tag).set()
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            with state.lock:
+                state.cancelled.add(tag)
+            raise
+        with state.lock:
+            state.finished.add(tag)
+        return tag
+
+    @svc.method
+    def bump(key: str) -> int:
+        """Not idempotent: counts its runs, so at-most-once is visible."""
+        return state.bump(key)
+
+    @svc.method(inline=True)
+    def context() -> dict[str, Any]:
+        c = zcall.current_call()
+        assert c is not None
+        return {
+            "method": c.method,
+            "id": c.id,
+            "headers": dict(c.headers),
+            "left": c.time_remaining,
+            "caller": c.caller,
+            "address": c.caller_address,
+            "retry": c.retry,
+        }
+
+    @svc.method
+    def pool_context() -> dict[str, Any]:
+        return context()
+
+    @svc.method
+    async def coro_context() -> dict[str, Any]:
+        return context()
+
+    @svc.method(inline=True)
+    def time_left() -> float | None:
+        c = zcall.current_call()
+        return None if c is None else c.time_remaining
+
+    @svc.method
+    def relay(face: str, hops: list[str], inherit: bool = True) -> Any:
+        """Call ``time_left`` at the end of the chain ``hops`` (each hop relays on), with ``face``."""
+        if not hops:
+            return time_left()
+        method, args = ("relay", [face, hops[1:], inherit]) if len(hops) > 1 else ("time_left", [])
+        if face == "sync":
+            with zcall.SyncClient(hops[0], timeout=30.0) as c:
+                return c.options(inherit_deadline=inherit).call(method, *args)
+        with zcall.AsyncClient(hops[0], timeout=30.0) as c:
+            return c.options(inherit_deadline=inherit).call_async(method, *args).result(35)
+
+    @svc.method
+    async def arelay(hops: list[str], inherit: bool = True) -> Any:
+        """``relay`` from a coroutine handler, with the asyncio face."""
+        if not hops:
+            return time_left()
+        method, args = ("arelay", [hops[1:], inherit]) if len(hops) > 1 else ("time_left", [])
+        async with zcall.AsyncClient(hops[0], timeout=30.0) as c:
+            return await c.options(inherit_deadline=inherit).call(method, *args)
+
+    @svc.method
+    def late_relay(delay: float, target: str, tag: str) -> str:
+        """Outlive the caller's deadline, then try a nested call: it must not be sent."""
+        time.sleep(delay)
+        try:
+            with zcall.SyncClient(target, timeout=30.0) as c:
+                c.call("bump", tag)
+            outcome = "sent"
+        except zcall.CallTimeout as exc:
+            outcome = f"not sent: {exc}"
+        with state.lock:
+            state.late[tag] = outcome
+        return outcome
+
+    return svc
+
+
+# -- servers ---------------------------------------------------------------------------------------------
+
+
+def start_server(kind: str, service: zcall.Service, **kw: Any) -> Any:
+    """A started server of ``kind`` (``rep``, ``router``, ``peer``) for ``service``; ``.stop(grace)`` it."""
+    if kind == "rep":
+        return zcall.SyncServer(service, **kw).start()
+    if kind == "router":
+        return zcall.AsyncServer(service, workers=8, **kw).start()
+    if kind == "peer":
+        return zcall.Peer("server", service, workers=8, **kw).start()
+    raise ValueError(kind)
+
+
+# -- faces ---------------------------------------------------------------------------------------------
+
+
+class LoopThread:
+    """An asyncio loop on a thread of its own: the asyncio face's callers run their coroutines here."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="contract-loop", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class Caller:
+    """One client face behind a blocking ``call``; ``start`` returns a cancellable handle where the
+    face has one."""
+
+    def __init__(self, face: str, endpoint: str, loop: LoopThread, **client_kw: Any) -> None:
+        self.face = face
+        self._loop = loop
+        self._peer: zcall.Peer | None = None
+        if face == "sync":
+            self._client: Any = zcall.SyncClient(endpoint, **client_kw)
+        elif face == "callback":
+            self._client = zcall.AsyncClient(endpoint, **client_kw)
+        elif face == "asyncio":
+
+            async def make() -> zcall.AsyncClient:
+                return zcall.AsyncClient(endpoint, **client_kw)
+
+            self._client = loop.run(make())  # lives on the test loop: the asyncio face's home
+        elif face in ("peer", "peer-async"):
+            timeout = client_kw.pop("timeout", 5.0)
+            self._peer = zcall.Peer("caller", peers={"server": endpoint}, timeout=timeout, **client_kw)
+            self._client = None
+        else:
+            raise ValueError(face)
+
+    def _target(self, opts: dict[str, Any]) -> Any:
+        """The object whose call() makes the call: the client, or a view of it with ``opts``."""
+        if self._peer is not None:
+            base = self._peer.sync_client("server") if self.face == "peer" else self._peer.client("server")
+        else:
+            base = self._client
+        return base.options(**opts) if opts else base
+
+    def call(self, method: str, *args: Any, _opts: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        opts = _opts or {}
+        face = self.face
+        if face == "peer" and not opts:
+            return self._peer.call("server", method, *args, **kwargs)  # type: ignore[union-attr]
+        if face == "peer-async" and not opts:
+            return self._loop.run(self._peer.acall("server", method, *args, **kwargs))  # type: ignore[union-attr]
+        target = self._target(opts)
+        if face in ("sync", "peer"):
+            return target.call(method, *args, **kwargs)
+        if face == "callback":
+            return target.call_async(method, *args, **kwargs).result(60)
+        return self._loop.run(target.call(method, *args, **kwargs))
+
+    def options(self, **opts: Any) -> Callable[..., Any]:
+        """``caller.options(timeout=...)("method", args...)``: one call with those per-call settings."""
+
+        def call(method: str, *args: Any, **kwargs: Any) -> Any:
+            return self.call(method, *args, _opts=opts, **kwargs)
+
+        return call
+
+    def start(self, method: str, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        """Begin a call without waiting: a future whose ``cancel()`` cancels the call (async faces)."""
+        if self.face == "callback":
+            return self._client.call_async(method, *args, **kwargs)  # type: ignore[no-any-return]
+        if self.face == "asyncio":
+            return self._loop.submit(self._client.call(method, *args, **kwargs))
+        if self.face == "peer-async":
+            return self._loop.submit(self._peer.acall("server", method, *args, **kwargs))  # type: ignore[union-attr]
+        raise NotImplementedError(f"the {self.face} face blocks: it has no call to cancel")
+
+    def client(self) -> Any:
+        """The zcall client underneath (for statistics)."""
+        if self._peer is not None:
+            return self._peer.sync_client("server") if self.face == "peer" else self._peer.client("server")
+        return self._client
+
+    def close(self) -> None:
+        if self._peer is not None:
+            self._peer.stop(0.5)
+        elif self.face == "asyncio":
+            self._loop.run(self._client.aclose())
+        else:
+            self._client.close()
+
+
+@contextmanager
+def caller(face: str, endpoint: str, loop: LoopThread, **client_kw: Any) -> Iterator[Caller]:
+    c = Caller(face, endpoint, loop, **client_kw)
+    try:
+        yield c
+    finally:
+        c.close()

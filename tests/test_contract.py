@@ -1,0 +1,396 @@
+"""The call contract: the same test bodies on every client face x every server kind, over real sockets.
+
+Faces: SyncClient (REQ), AsyncClient's asyncio face (awaited on a loop of its own) and callback face,
+a Peer's blocking calls (REQ) and awaited calls (DEALER). Server kinds: SyncServer (REP), AsyncServer
+(ROUTER), Peer. A behaviour a face or a server kind lacks is an explicit skip that says why.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import zcall
+from helpers.contract import (
+    ASYNC_FACES,
+    CANCELLABLE_FACES,
+    FACES,
+    SERVER_KINDS,
+    Caller,
+    LoopThread,
+    State,
+    caller,
+    make_service,
+    start_server,
+)
+from zcall.testing import FaultProxy, is_reply
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    yield lt
+    lt.close()
+
+
+@pytest.fixture(scope="module")
+def state() -> State:
+    return State()
+
+
+@pytest.fixture(scope="module")
+def service(state: State) -> zcall.Service:
+    return make_service(state)
+
+
+@pytest.fixture(scope="module", params=SERVER_KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def servers(kind: str, service: zcall.Service) -> Iterator[list[Any]]:
+    """Three servers of one kind: the first serves the calls, the others are hops of nested chains."""
+    started = [start_server(kind, service) for _ in range(3)]
+    yield started
+    for s in started:
+        s.stop(1.0)
+
+
+@pytest.fixture(params=FACES)
+def face(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def c(face: str, servers: list[Any], loop: LoopThread) -> Iterator[Caller]:
+    with caller(face, servers[0].endpoint, loop, timeout=5.0) as made:
+        yield made
+
+
+@pytest.fixture
+def own_server(kind: str, service: zcall.Service) -> Iterator[Any]:
+    server = start_server(kind, service)
+    yield server
+    server.stop(0.5)
+
+
+@pytest.fixture
+def c_own(face: str, own_server: Any, loop: LoopThread) -> Iterator[Caller]:
+    """A caller of a server of its own (for tests that leave their server busy)."""
+    with caller(face, own_server.endpoint, loop, timeout=5.0) as made:
+        yield made
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{time.monotonic_ns()}"
+
+
+# -- results ---------------------------------------------------------------------------------------
+
+
+def test_results_of_every_handler_kind(c: Caller) -> None:
+    assert c.call("double", 21) == 42  # inline
+    value = {"a": [1, 2.5, None, True, b"\x00\xff"]}
+    assert c.call("echo", value) == value
+    assert c.call("echo", "x", k=1) == ["x", {"k": 1}]  # keyword arguments reach the method
+    assert c.call("adouble", 5) == 10  # coroutine
+    assert c.call("echo") is None
+
+
+# -- every error class and code --------------------------------------------------------------------
+
+
+def test_handler_exception_is_remote_error_with_type_message_traceback(c: Caller) -> None:
+    with pytest.raises(zcall.RemoteError) as info:
+        c.call("boom", "kaput")
+    err = info.value
+    assert type(err) is zcall.RemoteError
+    assert err.code is zcall.StatusCode.HANDLER_ERROR
+    assert err.type == "ValueError" and err.message == "kaput"
+    assert err.traceback is not None and "ValueError: kaput" in err.traceback
+
+
+def test_unknown_and_private_methods_are_not_found_with_close_matches(c: Caller) -> None:
+    with pytest.raises(zcall.MethodNotFound) as info:
+        c.call("doubel", 1)
+    assert info.value.code is zcall.StatusCode.METHOD_NOT_FOUND
+    assert info.value.data["close"][0] == "double"
+    assert "double" in info.value.message
+    with pytest.raises(zcall.MethodNotFound) as info:
+        c.call("_private")
+    assert info.value.data == {"close": []}
+
+
+def test_arguments_that_do_not_bind_are_invalid_arguments(c: Caller) -> None:
+    with pytest.raises(zcall.InvalidArguments) as info:
+        c.call("double", 1, 2)
+    assert info.value.code is zcall.StatusCode.INVALID_ARGUMENTS and "double" in info.value.message
+
+
+CODE_CLASSES = [
+    (zcall.StatusCode.HANDLER_ERROR, zcall.RemoteError),
+    (zcall.StatusCode.METHOD_NOT_FOUND, zcall.MethodNotFound),
+    (zcall.StatusCode.INVALID_ARGUMENTS, zcall.InvalidArguments),
+    (zcall.StatusCode.PROTOCOL_ERROR, zcall.RemoteError),
+    (zcall.StatusCode.UNSUPPORTED_VERSION, zcall.RemoteError),
+    (zcall.StatusCode.DEADLINE_EXCEEDED, zcall.DeadlineExceeded),
+    (zcall.StatusCode.OVERLOADED, zcall.ServerBusy),
+    (zcall.StatusCode.CANCELLED, zcall.RemoteError),
+    (zcall.StatusCode.MESSAGE_TOO_LARGE, zcall.RemoteError),
+    (zcall.StatusCode.UNAVAILABLE, zcall.ServerBusy),
+    (zcall.StatusCode.INTERNAL, zcall.RemoteError),
+    (zcall.StatusCode.PERMISSION_DENIED, zcall.PermissionDenied),
+]
+
+
+def test_every_status_code_arrives_as_its_class(c: Caller) -> None:
+    assert {code for code, _ in CODE_CLASSES} == set(zcall.StatusCode) - {zcall.StatusCode.OK}
+    for code, klass in CODE_CLASSES:
+        opts = {"retries": 0}  # OVERLOADED would otherwise be retried (it is safe to)
+        with pytest.raises(zcall.RemoteError) as info:
+            c.options(**opts)("refuse", int(code), f"because {code.name}")
+        err = info.value
+        assert type(err) is klass, (code, type(err))
+        assert err.code is code and err.message == f"because {code.name}" and err.data == {"code": int(code)}
+    # DeadlineExceeded is a timeout too: the call ran out of time, whoever noticed
+    with pytest.raises(zcall.CallTimeout):
+        c.call("refuse", int(zcall.StatusCode.DEADLINE_EXCEEDED))
+
+
+# -- timeout is the whole call's budget ------------------------------------------------------------
+
+
+# These leave their server busy for a while (a REP server would make the next test wait): own servers.
+
+
+def test_timeout_is_the_budget_of_all_attempts(c_own: Caller) -> None:
+    tag = uid("slow")
+    t0 = time.monotonic()
+    with pytest.raises(zcall.CallTimeout) as info:
+        c_own.options(timeout=0.3, retries=2)("sleep", 0.45, tag)
+    took = time.monotonic() - t0
+    assert 0.25 <= took < 0.3 + 0.35, took  # the budget, not 3 x 0.3 s
+    err = info.value
+    assert err.attempts == 3  # the 0.3 s were shared: three attempts of about 0.1 s
+    assert 0.25 <= err.elapsed <= took
+
+
+def test_a_short_timeout_alone_times_out_once(c_own: Caller) -> None:
+    with pytest.raises(zcall.CallTimeout) as info:
+        c_own.options(timeout=0.2, retries=0)("sleep", 0.4, uid("once"))
+    assert info.value.attempts == 1
+
+
+# -- retries and at-most-once ----------------------------------------------------------------------
+
+
+def test_a_lost_reply_is_resent_and_answered_from_the_reply_cache(
+    face: str, servers: list[Any], loop: LoopThread, state: State
+) -> None:
+    key = uid("once")
+    with FaultProxy(servers[0].endpoint) as proxy:
+        proxy.drop("replies", match=is_reply)  # the first answer never reaches the caller
+        with caller(face, proxy.endpoint, loop, timeout=1.0, retries=1) as c:
+            assert c.call("bump", key) == 1  # the resend got the first run's answer ...
+            assert c.client().statistics()["attempts"] >= 2
+        assert state.counts[key] == 1  # ... and the handler ran once
+
+
+def test_retries_zero_means_one_attempt_and_a_timeout(
+    face: str, servers: list[Any], loop: LoopThread, state: State
+) -> None:
+    key = uid("zero")
+    with FaultProxy(servers[0].endpoint) as proxy:
+        proxy.drop("replies", match=is_reply)
+        with caller(face, proxy.endpoint, loop, timeout=0.4, retries=0) as c:
+            with pytest.raises(zcall.CallTimeout):
+                c.call("bump", key)
+    assert state.counts[key] == 1
+
+
+def test_overloaded_is_retried_on_another_attempt_and_succeeds(c: Caller) -> None:
+    # OVERLOADED means the call did not run: any method may be retried (here: the same server)
+    with pytest.raises(zcall.ServerBusy):
+        c.options(retries=0)("refuse", int(zcall.StatusCode.OVERLOADED))
+    stats_before = c.client().statistics()["attempts"]
+    with pytest.raises(zcall.ServerBusy):
+        c.options(retries=2, timeout=2.0)("refuse", int(zcall.StatusCode.OVERLOADED))
+    assert c.client().statistics()["attempts"] - stats_before == 3
+
+
+# -- cancel ----------------------------------------------------------------------------------------
+
+
+def test_cancel_stops_the_call_on_the_server(face: str, kind: str, c: Caller, state: State) -> None:
+    if face not in CANCELLABLE_FACES:
+        pytest.skip(f"the {face} face blocks in its call: there is nothing for its caller to cancel")
+    if kind == "rep":
+        pytest.skip("a REP server runs one call at a time to its end; a CANCEL is acknowledged only")
+    tag = uid("cancel")
+    fut = c.start("asleep", 5.0, tag)
+    assert state.started_event(tag).wait(5)
+    assert fut.cancel()
+    deadline = time.monotonic() + 5
+    while tag not in state.cancelled:
+        assert time.monotonic() < deadline, "the server never cancelled the coroutine"
+        time.sleep(0.01)
+    assert tag not in state.finished
+    assert c.call("double", 1) == 2  # the client and server carry on
+
+
+# -- call context ----------------------------------------------------------------------------------
+
+
+def test_handlers_see_their_call(c: Caller) -> None:
+    for method in ("context", "pool_context", "coro_context"):
+        ctx = c.options(timeout=3.0, headers={"trace": "t-1", "n": 2})(method)
+        assert ctx["method"] == method
+        assert ctx["headers"] == {"trace": "t-1", "n": 2}
+        assert 2.0 < ctx["left"] <= 3.0
+        assert ctx["address"] == "127.0.0.1"
+        assert ctx["caller"] and ctx["id"] > 0
+        assert ctx["retry"] is False
+    assert c.options(retries=1)("context")["retry"] is True  # the caller said it may resend
+
+
+def test_outside_a_handler_there_is_no_current_call() -> None:
+    assert zcall.current_call() is None
+
+
+# -- deadline inheritance --------------------------------------------------------------------------
+
+
+def test_a_nested_chain_inherits_what_is_left_of_the_deadline(
+    face: str, c: Caller, servers: list[Any]
+) -> None:
+    hops = [servers[1].endpoint, servers[2].endpoint]
+    for nested in ("sync", "callback"):
+        left = c.options(timeout=1.5)("relay", nested, hops)
+        assert 0 < left <= 1.5, (nested, left)  # not the hops' own 30 s
+        assert c.options(timeout=1.5)("relay", nested, hops, False) > 25  # unless the caller says otherwise
+    left = c.options(timeout=1.5)("arelay", hops)
+    assert 0 < left <= 1.5
+
+
+def test_a_handler_past_its_deadline_cannot_start_a_nested_call(
+    c_own: Caller, servers: list[Any], state: State
+) -> None:
+    tag = uid("late")
+    with pytest.raises(zcall.CallTimeout):
+        c_own.options(timeout=0.2, retries=0)("late_relay", 0.4, servers[1].endpoint, tag)
+    deadline = time.monotonic() + 5
+    while tag not in state.late:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert state.late[tag].startswith("not sent"), state.late[tag]
+    assert tag not in state.counts
+
+
+# -- interceptors ----------------------------------------------------------------------------------
+
+
+class Tagger(zcall.ClientInterceptor):
+    """Adds a header to every call, stamps results, and turns PermissionDenied into PermissionError."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.ended: list[tuple[str, str]] = []
+
+    def on_call(self, call: zcall.OutgoingCall) -> None:
+        assert call.headers is not None
+        call.headers["x-client"] = "tagger"
+        self.calls.append(call.method)
+
+    def on_reply(self, call: zcall.OutgoingCall, result: Any) -> Any:
+        self.ended.append((call.method, "ok"))
+        return result
+
+    def on_error(self, call: zcall.OutgoingCall, error: BaseException) -> BaseException:
+        self.ended.append((call.method, type(error).__name__))
+        if isinstance(error, zcall.PermissionDenied):
+            return PermissionError(error.message)
+        return error
+
+
+def test_interceptors_on_both_sides_of_every_pair(
+    face: str, servers: list[Any], loop: LoopThread, state: State
+) -> None:
+    tagger = Tagger()
+    with caller(face, servers[0].endpoint, loop, timeout=5.0, interceptors=[tagger]) as c:
+        ctx = c.call("context")
+        assert ctx["headers"]["x-client"] == "tagger"  # the client hook added it, the server saw it
+        # the server interceptor refuses with a status code, which the client hook translates
+        with pytest.raises(PermissionError, match="denied by x-deny"):
+            c.options(headers={"x-deny": 1})("double", 1)
+        # the server interceptor translates a handler's error into another status
+        with pytest.raises(zcall.InvalidArguments, match="no such key"):
+            c.options(headers={"x-translate": 1})("lookup", "zz")
+        assert c.options(headers={"x-stamp": 1})("double", 4) == {"stamped": 8, "by": "server"}
+    assert tagger.calls == ["context", "double", "lookup", "double"]
+    assert tagger.ended == [
+        ("context", "ok"),
+        ("double", "PermissionDenied"),
+        ("lookup", "InvalidArguments"),
+        ("double", "ok"),
+    ]
+    with state.lock:
+        mine = [s for s in state.seen if s["headers"].get("x-client") == "tagger"]
+    assert [(s["method"], s["outcome"]) for s in mine[-4:]] == [
+        ("context", "ok"),
+        ("double", "Rejected"),
+        ("lookup", "KeyError"),
+        ("double", "ok"),
+    ]
+    assert all(s["took"] >= 0 and s["caller"] for s in mine)
+
+
+# -- graceful stop ---------------------------------------------------------------------------------
+
+
+def test_graceful_stop_finishes_calls_within_grace_and_refuses_the_rest(
+    face: str, kind: str, own_server: Any, loop: LoopThread, state: State
+) -> None:
+    quick, slow = uid("quick"), uid("slow")
+    handler = "asleep" if face in ASYNC_FACES and kind != "rep" else "sleep"
+    with caller(face, own_server.endpoint, loop, timeout=10.0, retries=0) as c:
+        results: dict[str, Any] = {}
+
+        def run(tag: str, seconds: float) -> None:
+            try:
+                results[tag] = c.call(handler, seconds, tag)
+            except BaseException as exc:
+                results[tag] = exc
+
+        first = threading.Thread(target=run, args=(quick, 0.4))
+        first.start()
+        assert state.started_event(quick).wait(5)
+        t0 = time.monotonic()
+        own_server.stop(3.0)  # the running call finishes within grace: its caller gets the result
+        first.join(10)
+        assert results[quick] == quick
+        assert time.monotonic() - t0 < 2.5
+    server = start_server(kind, state_service(own_server))
+    try:
+        with caller(face, server.endpoint, loop, timeout=10.0, retries=0) as c:
+            second = threading.Thread(target=run, args=(slow, 5.0))
+            second.start()
+            assert state.started_event(slow).wait(5)
+            t0 = time.monotonic()
+            server.stop(0.3)  # grace ends first: its caller is told UNAVAILABLE, promptly
+            second.join(10)
+            assert isinstance(results[slow], zcall.ServerBusy), results[slow]
+            assert results[slow].code is zcall.StatusCode.UNAVAILABLE
+            assert time.monotonic() - t0 < 2.0
+    finally:
+        server.stop(0.1)
+
+
+def state_service(server: Any) -> zcall.Service:
+    return server.service  # type: ignore[no-any-return]
