@@ -209,9 +209,9 @@ def test_retries_zero_means_one_attempt_and_a_timeout(
     key = uid("zero")
     with FaultProxy(servers[0].endpoint) as proxy:
         proxy.drop("replies", match=is_reply)
-        with caller(face, proxy.endpoint, loop, timeout=0.4, retries=0) as c:
-            with pytest.raises(zcall.CallTimeout):
-                c.call("bump", key)
+        made = caller(face, proxy.endpoint, loop, timeout=0.4, retries=0)
+        with made as c, pytest.raises(zcall.CallTimeout):
+            c.call("bump", key)
     assert state.counts[key] == 1
 
 
