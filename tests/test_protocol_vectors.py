@@ -41,11 +41,7 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 NEST_MIN = 64  # a chain of at least this many one-item arrays is written {"$nest": ...}
 
 # Vectors for behaviour decided in docs/protocol.md that the code does not have yet: name -> why skipped.
-PENDING: dict[str, str] = {
-    "error-permission-denied": (
-        "pending: StatusCode gains PERMISSION_DENIED = 12 (until then 12 reads as INTERNAL)"
-    ),
-}
+PENDING: dict[str, str] = {}
 RUN_PENDING = os.environ.get("ZCALL_RUN_PENDING") == "1"
 
 
