@@ -1,11 +1,16 @@
 """docs/protocol-vectors.json holds zcall to the written protocol: every vector decodes to its stated
-fields (or to its stated error and id), and every canonical one re-encodes to the identical bytes."""
+fields (or to its stated error and id), and every canonical one re-encodes to the identical bytes.
+
+Vectors that describe behaviour the code does not have yet are skipped, with a reason starting
+"pending:" (``PENDING``); set ZCALL_RUN_PENDING=1 to run them anyway."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import pathlib
+import struct
 from typing import Any
 
 import msgpack
@@ -33,13 +38,23 @@ VECTORS: list[dict[str, Any]] = json.loads(VECTORS_PATH.read_text())
 POSITIVE = [v for v in VECTORS if "message" in v]
 NEGATIVE = [v for v in VECTORS if "error" in v]
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+NEST_MIN = 64  # a chain of at least this many one-item arrays is written {"$nest": ...}
+
+# Vectors for behaviour decided in docs/protocol.md that the code does not have yet: name -> why skipped.
+PENDING: dict[str, str] = {}
+RUN_PENDING = os.environ.get("ZCALL_RUN_PENDING") == "1"
+
+
+def skip_pending(v: dict[str, Any]) -> None:
+    if v["name"] in PENDING and not RUN_PENDING:
+        pytest.skip(PENDING[v["name"]])
 
 
 # -- the JSON rendering of values (docs/protocol.md, "Test vectors") ---------------------------------
 
 
 def from_json(v: Any) -> Any:
-    """Tagged JSON -> the Python value zcall decodes to ($bin, $float, $timestamp, $ext)."""
+    """Tagged JSON -> the Python value zcall decodes to ($bin, $float, $timestamp, $ext, $map, $nest)."""
     if isinstance(v, dict):
         if len(v) == 1:
             ((tag, x),) = v.items()
@@ -52,6 +67,13 @@ def from_json(v: Any) -> Any:
                 return EPOCH + dt.timedelta(seconds=x["seconds"], microseconds=x["nanoseconds"] // 1000)
             if tag == "$ext":
                 return msgpack.ExtType(x["code"], bytes.fromhex(x["data"]))
+            if tag == "$map":
+                return {from_json(k): from_json(y) for k, y in x}
+            if tag == "$nest":
+                value = from_json(x["value"])
+                for _ in range(x["depth"]):  # a loop, not recursion: the nesting may be 1000 deep
+                    value = [value]
+                return value
         return {k: from_json(x) for k, x in v.items()}
     if isinstance(v, list):
         return [from_json(x) for x in v]
@@ -62,6 +84,12 @@ def to_json(v: Any) -> Any:
     """A decoded Python value -> the tagged JSON form used in the vectors."""
     if isinstance(v, bool) or v is None or isinstance(v, (int, str)):
         return v
+    if isinstance(v, list):
+        depth, inner = 0, v
+        while type(inner) is list and len(inner) == 1:
+            depth, inner = depth + 1, inner[0]
+        if depth >= NEST_MIN:
+            return {"$nest": {"depth": depth, "value": to_json(inner)}}
     if isinstance(v, float):
         return {"$float": repr(v)}
     if isinstance(v, bytes):
@@ -77,12 +105,39 @@ def to_json(v: Any) -> Any:
     if isinstance(v, list):
         return [to_json(x) for x in v]
     if isinstance(v, dict):
-        return {k: to_json(x) for k, x in v.items()}
+        if all(type(k) is str for k in v) and not (len(v) == 1 and next(iter(v)).startswith("$")):
+            return {k: to_json(x) for k, x in v.items()}
+        return {"$map": [[to_json(k), to_json(x)] for k, x in v.items()]}
     raise AssertionError(f"unexpected decoded type {type(v)}")
 
 
+def meta_as_read(kind: str, meta: Any) -> dict[str, Any]:
+    """What a receiver makes of a vector's ``meta`` (listed as encoded) by docs/protocol.md section 4: nil
+    and absent are the same, unknown keys are ignored, retry counts only when exactly true on a CALL."""
+    m = from_json(meta) if meta is not None else {}
+    read: dict[str, Any] = {}
+    if m.get("deadline") is not None:
+        read["deadline"] = m["deadline"]
+    if m.get("headers") is not None:
+        read["headers"] = to_json(m["headers"])
+    if kind == "CALL" and m.get("retry") is True:
+        read["retry"] = True
+    return read
+
+
+def message_as_read(m: dict[str, Any]) -> dict[str, Any]:
+    """A vector's ``message`` with kwargs and meta read as a receiver reads them (nil kwargs: ``{}``)."""
+    if m["kind"] not in ("CALL", "NOTIFY"):
+        return m
+    return {
+        **m,
+        "kwargs": {} if m["kwargs"] is None else m["kwargs"],
+        "meta": meta_as_read(m["kind"], m["meta"]),
+    }
+
+
 def message_to_json(msg: Message) -> dict[str, Any]:
-    """Render a decoded message the way the vectors state it."""
+    """Render a decoded message the way the vectors state it (kwargs and meta as read)."""
     t = type(msg)
     if t is Call or t is Notify:
         meta: dict[str, Any] = {}
@@ -157,6 +212,7 @@ def message_from_json(m: dict[str, Any]) -> Message:
 def test_vector_file_is_well_formed():
     names = [v["name"] for v in VECTORS]
     assert len(names) == len(set(names)), "vector names are unique"
+    assert set(PENDING) <= set(names), "every pending skip names a vector"
     for v in VECTORS:
         assert ("message" in v) != ("error" in v), v["name"]
         assert v["description"], v["name"]
@@ -198,23 +254,68 @@ def test_hand_checked_vectors():
         assert by_name[name]["hex"] == hx.replace(" ", ""), name
 
 
+def _call_f(args: bytes) -> bytes:
+    """fixarray(7) | 1 | CALL | id 5 | fixstr(1) "f" | args | kwargs {} | meta {}"""
+    return bytes.fromhex("97 01 01 05 a1 66") + args + bytes.fromhex("80 80")
+
+
+def _nested_args(depth: int) -> bytes:
+    """args for a CALL nested ``depth`` deep: the zcall array is depth 1, args depth 2, and the innermost
+    empty array sits at ``depth`` (fixarray(1) 0x91 for each level, fixarray(0) 0x90 inside)."""
+    return b"\x91" * (depth - 2) + b"\x90"
+
+
+# The boundary vectors, built byte by byte from the msgpack spec rather than by an encoder.
+BUILT = {
+    "nesting-1024": _call_f(_nested_args(1024)),
+    "nesting-1025": _call_f(_nested_args(1025)),
+    # args [fixext8 type -1: uint64 nanoseconds << 34 | seconds], nanoseconds 10**9, seconds 0
+    "timestamp64-ns-too-big": _call_f(b"\x91\xd7\xff" + struct.pack(">Q", 10**9 << 34)),
+    # args [ext8 len 12 type -1: uint32 nanoseconds, int64 seconds], nanoseconds 10**9, seconds 0
+    "timestamp96-ns-too-big": _call_f(b"\x91\xc7\x0c\xff" + struct.pack(">Iq", 10**9, 0)),
+}
+
+
+def test_boundary_vectors_are_built_as_described():
+    by_name = {v["name"]: v for v in VECTORS}
+    for name, frame in BUILT.items():
+        assert by_name[name]["hex"] == frame.hex(), name
+    assert len(BUILT["nesting-1025"]) == len(BUILT["nesting-1024"]) + 1
+
+
+def test_vector_file_needs_no_deep_json():
+    """Deep values are written with $nest, so any JSON parser's default depth limit reads the file."""
+
+    def depth(x: Any) -> int:
+        if isinstance(x, dict):
+            return 1 + max((depth(y) for y in x.values()), default=0)
+        if isinstance(x, list):
+            return 1 + max((depth(y) for y in x), default=0)
+        return 0
+
+    assert max(depth(v) for v in VECTORS) <= 32
+
+
 # -- decode and encode ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("v", POSITIVE, ids=[v["name"] for v in POSITIVE])
 def test_positive_vector_decodes_to_its_fields(v):
+    skip_pending(v)
     msg = protocol.decode(bytes.fromhex(v["hex"]))
-    assert message_to_json(msg) == v["message"]
+    assert message_to_json(msg) == message_as_read(v["message"])
 
 
 @pytest.mark.parametrize("v", [v for v in POSITIVE if v.get("canonical", True)], ids=lambda v: v["name"])
 def test_positive_vector_encodes_to_identical_bytes(v):
+    skip_pending(v)
     msg = message_from_json(v["message"])
     assert protocol.encode(msg).hex() == v["hex"]
 
 
 @pytest.mark.parametrize("v", NEGATIVE, ids=[v["name"] for v in NEGATIVE])
 def test_negative_vector_is_refused_with_code_and_id(v):
+    skip_pending(v)
     codec = Codec(max_message_size=v["max_message_size"]) if "max_message_size" in v else default_codec
     with pytest.raises(ProtocolError) as info:
         protocol.decode(bytes.fromhex(v["hex"]), codec)
