@@ -1,14 +1,9 @@
 """docs/protocol.md against live servers and clients: the rules a vector cannot pin (what a server answers,
-in which order it refuses, how events are numbered, what clients send and raise).
-
-Rules decided in the document but not yet in the code are skipped with a reason starting "pending:"
-(``pending``); set ZCALL_RUN_PENDING=1 to run them anyway, and drop the mark once the code lands.
-"""
+in which order it refuses, how events are numbered, what clients send and raise)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,12 +21,6 @@ from zcall.testing import running_server
 
 pytestmark = pytest.mark.timeout(30)
 
-RUN_PENDING = os.environ.get("ZCALL_RUN_PENDING") == "1"
-
-
-def pending(reason: str) -> pytest.MarkDecorator:
-    assert reason.startswith("pending: ")
-    return pytest.mark.skipif(not RUN_PENDING, reason=reason)
 
 
 CALL, NOTIFY, PING = 1, 4, 6
@@ -373,7 +362,6 @@ def test_permission_denied_is_code_12_and_a_remote_error() -> None:
     assert type(zcall.RemoteError.from_record({"code": 12, "message": "no"})) is PermissionDenied
 
 
-@pending("pending: the zcall package exports PermissionDenied (zcall.PermissionDenied)")
 def test_zcall_exports_permission_denied() -> None:
     assert getattr(zcall, "PermissionDenied", None) is PermissionDenied
     assert "PermissionDenied" in zcall.__all__
@@ -385,7 +373,6 @@ def test_deadline_exceeded_is_a_remote_error_and_a_call_timeout() -> None:
     assert type(zcall.RemoteError.from_record({"code": 6, "message": "late"})) is zcall.DeadlineExceeded
 
 
-@pending("pending: SyncClient and AsyncClient raise DeadlineExceeded (not a plain CallTimeout) for code 6")
 def test_both_clients_raise_deadline_exceeded_for_code_6() -> None:
     with raw_router(lambda f: error_to(f, int(StatusCode.DEADLINE_EXCEEDED))) as (ep, _seen):
         with zcall.SyncClient(ep, timeout=5.0) as s, pytest.raises(zcall.DeadlineExceeded):
@@ -397,7 +384,6 @@ def test_both_clients_raise_deadline_exceeded_for_code_6() -> None:
 # -- section 4: deadlines and resends ------------------------------------------------------------------
 
 
-@pending("pending: clients send the remaining whole-call budget in each attempt's meta.deadline")
 def test_a_resend_carries_the_same_call_and_the_remaining_budget() -> None:
     def answer(frame: bytes) -> list[bytes]:
         attempts.append(decode(frame))
@@ -414,7 +400,6 @@ def test_a_resend_carries_the_same_call_and_the_remaining_budget() -> None:
     assert first.deadline_ms <= 3000 and second.deadline_ms < first.deadline_ms
 
 
-@pending("pending: a call made inside a handler inherits what is left of its caller's deadline")
 def test_a_nested_call_inherits_the_remaining_deadline() -> None:
     with (
         raw_router(reply_to) as (inner, seen),
