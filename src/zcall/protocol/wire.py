@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Final
 
+import msgpack
+
 from ..errors import (
     MessageTooLarge,
     ProtocolError,
@@ -54,6 +56,7 @@ __all__ = [
     "event_tail",
     "notify_frame",
     "peek_id",
+    "peek_kind",
     "ping_frame",
     "pong_frame",
     "reply_fields",
@@ -477,6 +480,21 @@ def reply_fields(frame: bytes, codec: Codec = default_codec) -> tuple[int, Any] 
         if type(v) is int and type(k) is int and type(rid) is int and v == _V and k == _REPLY and rid >= 0:
             return (rid, m[3]) if rid <= MAX_ID else None
     return None
+
+
+def peek_kind(body: bytes) -> Kind | None:
+    """The kind of a zcall message body, read leniently (any version, any payload), or None if it is not
+    one; for tools that watch traffic (the test fault proxy), never for serving."""
+    try:
+        m = msgpack.unpackb(body, raw=True, strict_map_key=False)  # bounded by the body's own size
+    except Exception:
+        return None
+    if type(m) is not list or len(m) < 2 or type(m[1]) is not int:
+        return None
+    try:
+        return Kind(m[1])
+    except ValueError:
+        return None
 
 
 def peek_id(exc: ProtocolError) -> int | None:

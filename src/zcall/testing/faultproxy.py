@@ -38,10 +38,9 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Literal
 
-import msgpack
 import zmq
 
-from ..protocol.wire import Kind
+from ..protocol.wire import Kind, peek_kind
 
 __all__ = [
     "REPLIES",
@@ -79,18 +78,7 @@ _COUNTERS = (
 
 def kind_of(frames: list[bytes]) -> Kind | None:
     """The zcall message kind of a multipart message (its last frame), or None if it is not one."""
-    if not frames:
-        return None
-    try:
-        msg = msgpack.unpackb(frames[-1], raw=True, strict_map_key=False)  # bounded by the frame
-    except Exception:
-        return None
-    if type(msg) is not list or len(msg) < 2 or type(msg[1]) is not int:
-        return None
-    try:
-        return Kind(msg[1])
-    except ValueError:
-        return None
+    return peek_kind(frames[-1]) if frames else None
 
 
 def is_call(frames: list[bytes]) -> bool:
