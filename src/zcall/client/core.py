@@ -214,6 +214,10 @@ class ClientCore:
             "cancelled": 0,
             "connection_lost": 0,
         }
+        self._setup()
+
+    def _setup(self) -> None:
+        """What a face adds to the shared configuration (its sockets, pools, tables)."""
 
     # -- configuration ------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -19,13 +19,11 @@ import zmq
 
 from ..engine.sockets import apply_size_limit, close_quietly, fast_send
 from ..errors import ClientClosed, ProtocolError, RemoteError
-from ..protocol.codec import Codec, default_codec
 from ..protocol.wire import ErrorReply, Reply, decode, reply_fields
-from .core import DEFAULT_TIMEOUT, CallOptions, ClientCore
-from .interceptors import ClientInterceptor
+from .core import CallOptions, ClientCore
 
 if TYPE_CHECKING:
-    from ..security import ClientSecurity
+    pass
 
 __all__ = ["SyncClient", "SyncClientView"]
 
@@ -40,30 +38,10 @@ _CURVE_HINT = (
 class SyncClient(ClientCore):
     """Blocking calls to one endpoint or several (failover). Safe to share between threads."""
 
-    def __init__(
-        self,
-        endpoints: str | Sequence[str],
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        retries: int | None = None,
-        idempotent: bool = False,
-        headers: Mapping[str, Any] | None = None,
-        context: zmq.Context | None = None,
-        codec: Codec = default_codec,
-        security: ClientSecurity | None = None,
-        interceptors: Sequence[ClientInterceptor] = (),
-    ) -> None:
-        super().__init__(
-            endpoints,
-            timeout=timeout,
-            retries=retries,
-            idempotent=idempotent,
-            headers=headers,
-            context=context,
-            codec=codec,
-            security=security,
-            interceptors=interceptors,
-        )
+    # The constructor is ClientCore's (endpoints, timeout, retries, idempotent, headers, context, codec,
+    # security, interceptors): a REQ pool needs nothing more.
+
+    def _setup(self) -> None:
         self._lock = threading.Lock()
         self._idle: dict[str, list[_Req]] = {ep: [] for ep in self.endpoints}
         self._closed = False
