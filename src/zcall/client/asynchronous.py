@@ -71,21 +71,10 @@ log = logging.getLogger("zcall.client")
 
 DEFAULT_MAX_IN_FLIGHT = 1000
 _monotonic = time.monotonic
+_ALIVE = State.ALIVE
 
 
-class _Call(OutgoingCall):
-    """An ``OutgoingCall`` as the async faces track it: its future, callbacks, channel and body."""
-
-    __slots__ = ("fut", "aio", "callback", "errback", "channel", "frame")
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.fut: Any = None
-        self.aio = False
-        self.callback: Callable[[Any], Any] | None = None
-        self.errback: Callable[[BaseException], Any] | None = None
-        self.channel: Channel | None = None
-        self.frame = b""
+_Call = OutgoingCall  # the async faces' fields live on the call itself (fut, callbacks, channel, frame)
 
 
 class _OneWay:
@@ -100,8 +89,6 @@ class _OneWay:
 
 class AsyncClient(ClientCore, ChannelEvents):
     """Asynchronous calls to one endpoint or several; asyncio and callback faces over one core."""
-
-    _call_class = _Call
 
     def __init__(
         self,
@@ -142,6 +129,7 @@ class AsyncClient(ClientCore, ChannelEvents):
         self._inbox_scheduled = False
         self._handlers: dict[str, list[Callable[[str, Any], Any]]] = {}
         self._channels: dict[str, Channel] = {}
+        self._single: Channel | None = None  # the channel, when there is exactly one (the hot path)
         self._closed = False
         self.counters.update(
             notifies_dropped=0, events=0, events_missed=0, callback_errors=0, resent=0
@@ -168,6 +156,8 @@ class AsyncClient(ClientCore, ChannelEvents):
                 self, self._loop, self._ctx, ep, max_message_size=max_size, heartbeat=self._heartbeat,
                 security=self._security,
             )
+        if len(self._channels) == 1:
+            self._single = self._channels[self.endpoints[0]]
         if self._heartbeat is not None:
             self._tick_handle = self._loop.call_later(self._heartbeat.interval, self._tick)
 
@@ -183,7 +173,7 @@ class AsyncClient(ClientCore, ChannelEvents):
             return await asyncio.wrap_future(self._submit(method, args, kwargs, opts, None, None))
         if self._closed:
             raise ClientClosed("AsyncClient is closed")
-        call: _Call = self._begin(method, args, kwargs, opts)  # type: ignore[assignment]
+        call = self._begin(method, args, kwargs, opts)
         if not self._slots.try_acquire():
             try:
                 await self._slots.acquire(call.deadline - _monotonic())
@@ -191,13 +181,7 @@ class AsyncClient(ClientCore, ChannelEvents):
                 raise self._failed(
                     call, self._timed_out(call, f"no free slot: {self._slots.limit} calls in flight")
                 ) from None
-        try:
-            call.frame = self._frame(call, _monotonic())
-        except BaseException as exc:
-            self._slots.release()
-            raise self._failed(call, exc) from None
         call.fut = fut = loop.create_future()
-        call.aio = True
         self._start(call)
         try:
             return await fut
@@ -237,7 +221,7 @@ class AsyncClient(ClientCore, ChannelEvents):
     ) -> concurrent.futures.Future[Any]:
         if self._closed:
             raise ClientClosed("AsyncClient is closed")
-        call: _Call = self._begin(method, args, kwargs, opts)  # type: ignore[assignment]
+        call = self._begin(method, args, kwargs, opts)
         if not self._slots.try_acquire():
             raise self._failed(
                 call,
@@ -246,11 +230,6 @@ class AsyncClient(ClientCore, ChannelEvents):
                     "or raise max_in_flight"
                 ),
             )
-        try:
-            call.frame = self._frame(call, _monotonic())
-        except BaseException as exc:
-            self._slots.release()
-            raise self._failed(call, exc) from None
         fut = CallFuture(self._thread_id)
         call.fut = fut
         # callback/errback are called by the client as it settles the call (no done-callback on the
@@ -475,15 +454,31 @@ class AsyncClient(ClientCore, ChannelEvents):
             self._slots.release()
             self._settle_err(call, ClientClosed("AsyncClient is closed"))
             return
-        if not call.aio and call.fut.cancelled():
+        if call.fut.cancelled():  # a callback-face future cancelled before the loop got to it
             # Not set_running_or_notify_cancel(): a RUNNING future refuses cancel(), and a call
             # awaiting its reply must stay cancellable (the cancel then reaches the server).
             self._slots.release()  # cancelled before it was sent
             self._failed(call, concurrent.futures.CancelledError())
             return
-        call.due = call.deadline  # until it is sent: waiting for a connection uses the budget too
+        # call.due is the call's deadline until it is sent: waiting for a connection uses the budget too
         self._table.add(call)
-        self._arm(call.due)
+        if self._timer is None or call.due < self._timer_at:
+            self._arm(call.due)
+        single = self._single
+        # The hot path (one endpoint, one attempt, nothing queued before it): _try_send and _note_attempt,
+        # inlined, ~0.5 us a call; any other case (or a full queue) takes the general path below.
+        if (
+            single is not None
+            and call.attempts == 1
+            and not self._waiting
+            and single.liveness.connected
+            and single.send(call.frame)
+        ):
+            call.attempt = 1
+            call.endpoint = single.endpoint
+            call.channel = single
+            self.counters["attempts"] += 1
+            return
         self._send_or_wait(call)
 
     # -- timers: one for every pending call ----------------------------------------------------------
@@ -555,7 +550,7 @@ class AsyncClient(ClientCore, ChannelEvents):
             ch = chans[self.endpoints[0]]
             return ch if ch.connected else None
         fallback = None
-        for ep in self._failover.order(call.tried or () if call is not None else ()):
+        for ep in self._failover.order(call.tried_endpoints() if call is not None else ()):
             ch = chans[ep]
             if ch.connected:
                 if ch.liveness.state is State.ALIVE:
@@ -625,15 +620,18 @@ class AsyncClient(ClientCore, ChannelEvents):
     # -- what channels report ----------------------------------------------------------------------
 
     def _on_frames(self, ch: Channel, frames: list[bytes]) -> None:
-        changed = ch.liveness.heard(_monotonic())
-        if changed is not None:
-            self._state_changed(ch, changed)
+        lv = ch.liveness
+        lv.last_heard = _monotonic()  # Liveness.heard, inlined: this runs for every message
+        if lv.state is not _ALIVE and lv.connected:
+            changed = lv.heard(lv.last_heard)
+            if changed is not None:
+                self._state_changed(ch, changed)
         body = frames[-1]
         if not body:
             return  # an empty-body ACK from a REP server (notify / cancel), or a sweep probe
         fast = reply_fields(body, self._codec)
         if fast is not None:  # the common case, a REPLY, without building a message object
-            call = self._table.pop(fast[0])
+            call = self._table.pending.pop(fast[0], None)
             if call is None:
                 self.counters["stale_replies"] += 1
                 return

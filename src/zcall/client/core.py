@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from ..engine.sockets import normalize_endpoints
-from ..errors import CallTimeout, RemoteError
+from ..errors import CallTimeout, RemoteError, SerializationError
 from ..protocol.codec import Codec, default_codec
 from ..protocol.ids import IdSource
 from ..protocol.status import StatusCode
 from ..protocol.wire import call_frame
-from ..service.context import current_call
+from ..service.context import _current
 from ..service.metrics import Metrics, Outcome, outcome_for_exception
 from .failover import Failover
 from .interceptors import ClientInterceptor
@@ -49,7 +49,9 @@ __all__ = ["DEFAULT_TIMEOUT", "CallOptions", "ClientCore", "OutgoingCall"]
 DEFAULT_TIMEOUT = 5.0
 """Seconds a call may take, all attempts together, unless the client or the call says otherwise."""
 
+_current_get = _current.get  # current_call(), without the call: the client's hot path reads it
 _OK = int(Outcome.OK)
+_REJECTED = int(Outcome.REJECTED)
 _monotonic = time.monotonic
 _RETRYABLE_REFUSALS = frozenset((StatusCode.OVERLOADED,))
 """Refusals that guarantee the call did not run, so another attempt is safe for any method."""
@@ -103,7 +105,6 @@ class OutgoingCall:
         "kwargs",
         "id",
         "headers",
-        "timeout",
         "deadline",
         "attempts",
         "attempt",
@@ -114,6 +115,11 @@ class OutgoingCall:
         "token",
         "due",
         "sched",
+        "fut",
+        "callback",
+        "errback",
+        "channel",
+        "frame",
         "_state",
     )
 
@@ -134,7 +140,6 @@ class OutgoingCall:
         self.kwargs = kwargs
         self.id = rid
         self.headers = headers
-        self.timeout = timeout
         self.deadline = now + timeout
         self.attempts = attempts
         self.attempt = 0
@@ -143,9 +148,20 @@ class OutgoingCall:
         self.endpoint: str | None = None
         self.tried: list[str] | None = None
         self.token: Any = None
+        # the async faces' bookkeeping (one object per call on the hot path, not a subclass's second init)
         self.due = self.deadline
-        self.sched = 0  # the in-flight table's filing number (async faces)
+        self.sched = 0  # the in-flight table's filing number
+        self.fut: Any = None
+        self.callback: Any = None
+        self.errback: Any = None
+        self.channel: Any = None
+        self.frame = b""
         self._state: dict[str, Any] | None = None
+
+    @property
+    def timeout(self) -> float:
+        """This call's whole budget in seconds (its own timeout, or less when inherited)."""
+        return self.deadline - self.started
 
     @property
     def time_remaining(self) -> float:
@@ -159,6 +175,12 @@ class OutgoingCall:
             self._state = {}
         return self._state
 
+    def tried_endpoints(self) -> Sequence[str]:
+        """Where this call's attempts went so far, first to last, each once."""
+        if self.tried is not None:
+            return self.tried
+        return (self.endpoint,) if self.endpoint is not None else ()
+
     def attempt_budget(self, now: float) -> float:
         """What the next attempt may take: the time left, shared by the attempts left."""
         left = self.attempts - self.attempt
@@ -170,8 +192,6 @@ class OutgoingCall:
 
 class ClientCore:
     """Configuration and the pure half of every call, shared by every client face."""
-
-    _call_class: type[OutgoingCall] = OutgoingCall
 
     def __init__(
         self,
@@ -200,6 +220,7 @@ class ClientCore:
         self._security = security
         self._ids = IdSource()
         self._failover = Failover(self.endpoints)
+        self._per_endpoint_retries = len(self.endpoints) - 1  # what retries=None means here
         self.metrics = Metrics()
         """Per remote method: calls, outcomes, latency, throughput, availability (``statistics()``)."""
         self.counters: dict[str, int] = {
@@ -253,13 +274,15 @@ class ClientCore:
     # -- the pure half of a call --------------------------------------------------------------------
 
     def _begin(self, method: str, args: Any, kwargs: dict[str, Any], opts: CallOptions) -> OutgoingCall:
-        """Check and describe a new call: budget (inherited deadline), attempts, interceptors, metrics."""
+        """Check and describe a new call: budget (inherited deadline), attempts, interceptors, the first
+        attempt's body (``call.frame``: raises ``SerializationError`` for arguments msgpack cannot carry),
+        metrics."""
         if type(method) is not str or not method:
             raise TypeError(f"method must be a non-empty str, got {method!r}")
         now = _monotonic()
         timeout = opts.timeout
         if opts.inherit_deadline:
-            caller = current_call()
+            caller = _current_get()
             if caller is not None and caller.deadline is not None:
                 left = caller.deadline - now
                 if left < timeout:
@@ -272,17 +295,27 @@ class ClientCore:
                             f"not sent: the deadline of the calling handler ({caller.method!r}) has passed",
                         )
                     timeout = left
-        retries = opts.retries if opts.retries is not None else len(self.endpoints) - 1
+        retries = opts.retries
+        if retries is None:
+            retries = self._per_endpoint_retries
         interceptors = self._interceptors
         headers = opts.headers
         if interceptors:
             headers = dict(headers) if headers else {}
-        call = self._call_class(
-            method, args, kwargs, self._ids.next(), headers, timeout, retries + 1, opts.idempotent, now
-        )
+        rid = self._ids.next()
+        attempts = retries + 1
+        call = OutgoingCall(method, args, kwargs, rid, headers, timeout, attempts, opts.idempotent, now)
         if interceptors:
             for i in interceptors:
                 i.on_call(call)  # may raise: nothing was sent, nothing counted
+            headers = call.headers
+        try:  # _frame(call, now), inlined: the first attempt sends the whole budget
+            call.frame = call_frame(
+                rid, method, args, kwargs, max(1, int(timeout * 1000)), headers, self._codec, attempts > 1
+            )
+        except SerializationError:
+            self.metrics.record(method, _REJECTED)  # refused here, before anything was sent
+            raise
         self.counters["calls"] += 1
         call.token = self.metrics.started(method)
         return call
@@ -295,8 +328,9 @@ class ClientCore:
 
     def _ok(self, call: OutgoingCall, result: Any) -> Any:
         """A result came back: reply hooks, metrics, failover health; returns what the caller gets."""
-        if call.endpoint is not None:
-            self._failover.answered(call.endpoint)
+        failover = self._failover
+        if failover.degraded and call.endpoint is not None:
+            failover.answered(call.endpoint)
         interceptors = self._interceptors
         if interceptors:
             try:
@@ -305,7 +339,8 @@ class ClientCore:
             except BaseException as exc:  # a hook that raises makes the call fail
                 raise self._failed(call, exc, hooks=False) from None
         self.counters["replies"] += 1
-        self.metrics.finished(call.token, _OK)
+        st, t0 = call.token
+        st.finished(t0, _OK)
         return result
 
     def _failed(self, call: OutgoingCall, error: BaseException, *, hooks: bool = True) -> BaseException:
@@ -337,21 +372,22 @@ class ClientCore:
         return code in _RETRYABLE_REFUSALS
 
     def _timed_out(self, call: OutgoingCall, detail: str = "") -> CallTimeout:
-        tried = call.tried or ([call.endpoint] if call.endpoint else self.endpoints)
+        tried = list(call.tried_endpoints()) or list(self.endpoints)
         return CallTimeout(call.method, tried, call.attempt, _monotonic() - call.started, detail)
 
     def _note_attempt(self, call: OutgoingCall, endpoint: str) -> None:
-        """Book one more send of ``call`` to ``endpoint``."""
-        call.attempt += 1
+        """Book one more send of ``call`` to ``endpoint`` (``tried`` is kept from the second on)."""
+        counters = self.counters
+        counters["attempts"] += 1
+        n = call.attempt = call.attempt + 1
+        if n > 1:
+            counters["retries"] += 1
+            tried = call.tried
+            if tried is None:
+                call.tried = tried = [call.endpoint]  # type: ignore[list-item]
+            if endpoint not in tried:
+                tried.append(endpoint)
         call.endpoint = endpoint
-        if call.attempt > 1:
-            self.counters["retries"] += 1
-        self.counters["attempts"] += 1
-        tried = call.tried
-        if tried is None:
-            call.tried = [endpoint]
-        elif endpoint not in tried:
-            tried.append(endpoint)
 
     # -- introspection ------------------------------------------------------------------------------
 

@@ -18,13 +18,15 @@ __all__ = ["Failover"]
 class Failover:
     """Round-robin over healthy endpoints; failed ones last, oldest failure first."""
 
-    __slots__ = ("endpoints", "_failed", "_rr", "_single")
+    __slots__ = ("endpoints", "degraded", "_failed", "_rr", "_single")
 
     def __init__(self, endpoints: Sequence[str]) -> None:
         self.endpoints = list(endpoints)
         self._failed: dict[str, int] = {}  # endpoint -> order of failure (insertion order is kept)
         self._rr = itertools.count()
         self._single = len(self.endpoints) == 1
+        self.degraded = False
+        """True while some endpoint is marked failed (a cheap check for the hot path)."""
 
     def order(self, tried: Sequence[str] = ()) -> list[str]:
         """Every endpoint, best first for this attempt: healthy ones in round-robin order, then failed
@@ -47,11 +49,13 @@ class Failover:
         if not self._single:
             self._failed.pop(endpoint, None)
             self._failed[endpoint] = 1  # re-inserted: the newest failure goes last
+            self.degraded = True
 
     def answered(self, endpoint: str) -> None:
         """``endpoint`` answered: it is healthy again."""
         if self._failed:
             self._failed.pop(endpoint, None)
+            self.degraded = bool(self._failed)
 
     def is_failed(self, endpoint: str) -> bool:
         return endpoint in self._failed

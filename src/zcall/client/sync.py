@@ -141,9 +141,9 @@ class SyncClient(ClientCore):
             now = _monotonic()
             if call.attempt >= call.attempts or now >= call.deadline:
                 break
-            ep = failover.order(call.tried or ())[0]
+            ep = failover.order(call.tried_endpoints())[0]
             budget = call.attempt_budget(now)
-            frame = self._frame(call, now)
+            frame = call.frame if call.attempt == 0 else self._frame(call, now)
             self._note_attempt(call, ep)
             timeout_ms = max(1, int(budget * 1000))
             req = self._acquire(ep)

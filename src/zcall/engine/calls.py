@@ -30,7 +30,7 @@ class _Timed(Protocol):
 class CallTable:
     """Pending calls by id, with one "next wake-up" for all their deadlines."""
 
-    __slots__ = ("pending", "_line", "_heap", "_seq")
+    __slots__ = ("pending", "_line", "_heap", "_seq", "_compact_at")
 
     def __init__(self) -> None:
         self.pending: dict[int, Any] = {}
@@ -39,6 +39,7 @@ class CallTable:
         self._line: collections.deque[tuple[float, int, Any]] = collections.deque()
         self._heap: list[tuple[float, int, Any]] = []
         self._seq = itertools.count(1)
+        self._compact_at = 64
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -53,22 +54,36 @@ class CallTable:
     def add(self, call: _Timed) -> None:
         """Track ``call`` (by ``call.id``) until it is popped; its ``due`` is when it must be looked at."""
         self.pending[call.id] = call
-        self.schedule(call)
+        # schedule(), inlined for the usual case (one call each, on the async clients' hot path)
+        seq = next(self._seq)
+        call.sched = seq
+        due = call.due
+        line = self._line
+        if not line or due >= line[-1][0]:
+            line.append((due, seq, call))
+            if len(line) > self._compact_at:
+                self._compact()
+        else:
+            heapq.heappush(self._heap, (due, seq, call))
 
     def schedule(self, call: _Timed) -> None:
         """File a tracked call under its current ``due`` (again, after a resend moved it)."""
-        line = self._line
-        while line and not self._live(line[0]):
-            line.popleft()  # finished calls leave from the front (replies mostly come in order)
-        if len(line) > 2 * len(self.pending) + 64:  # a slow call at the front holds finished ones: compact
-            self._line = line = collections.deque(e for e in line if self._live(e))
         seq = next(self._seq)
         call.sched = seq
-        entry = (call.due, seq, call)
-        if not line or entry[0] >= line[-1][0]:
-            line.append(entry)
+        due = call.due
+        line = self._line
+        if not line or due >= line[-1][0]:  # the usual case: calls made with one timeout come in order
+            line.append((due, seq, call))
+            if len(line) > self._compact_at:
+                self._compact()
         else:
-            heapq.heappush(self._heap, entry)
+            heapq.heappush(self._heap, (due, seq, call))
+
+    def _compact(self) -> None:
+        """Finished calls stay filed until they reach the front; when they pile up behind a slow call,
+        drop them (keeps the line within twice the pending calls, plus a little)."""
+        self._line = collections.deque(e for e in self._line if self._live(e))
+        self._compact_at = 2 * len(self.pending) + 64
 
     def pop(self, rid: int) -> Any:
         """Stop tracking the call with id ``rid``; returns it, or None if it is not pending."""

@@ -8,8 +8,9 @@ channel owns nothing about calls: it hands frames and connection changes to its 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -130,7 +131,7 @@ class Channel:
         """Why the last handshake failed for good (no service here), or None."""
         self.closed_in_handshake = 0  # CURVE handshakes the server cut short in a row (wrong server key?)
         self.handshake_failures = 0
-        self.reader = Reader(loop, sock, self._frames, events._on_writable)
+        self.reader = Reader(loop, sock, functools.partial(events._on_frames, self), events._on_writable)
         self.monitor_reader = Reader(loop, self.monitor, self._on_monitor)
         self.reader.start()
         self.monitor_reader.start()
@@ -166,9 +167,6 @@ class Channel:
                 out.append(self.sock.recv_multipart(_NOBLOCK))
             except zmq.ZMQError:
                 return out
-
-    def _frames(self, frames: list[Any]) -> None:
-        self._events._on_frames(self, frames)
 
     def _on_monitor(self, frames: list[bytes]) -> None:
         try:

@@ -61,6 +61,7 @@ __all__ = [
     "pong_frame",
     "reply_fields",
     "reply_frame",
+    "request_fields",
     "split_routed",
     "subscribe_frame",
 ]
@@ -464,6 +465,54 @@ def decode(frame: bytes, codec: Codec = default_codec) -> Message:
     if kind == Kind.CANCEL:
         return Cancel(id_)
     raise BadMessage(f"unknown message kind {kind}", id_)
+
+
+def request_fields(
+    frame: bytes, codec: Codec = default_codec
+) -> tuple[int, str, list[Any], dict[str, Any], int | None, dict[str, Any] | None, bool, bool] | None:
+    """``(id, method, args, kwargs, deadline_ms, headers, retry, notify)`` when ``frame`` is a well-formed
+    CALL or NOTIFY, else None (then use ``decode``, which says what is wrong or what else it is).
+
+    The servers' hot path: exactly the checks ``decode`` makes for these kinds, without the message
+    object and the helper calls (about 0.5 us less per call)."""
+    try:
+        m = codec.unpackb(frame)
+    except ProtocolError:
+        return None
+    if type(m) is not list or len(m) < 7:
+        return None
+    v, k, rid, method, args, kwargs, meta = m[0], m[1], m[2], m[3], m[4], m[5], m[6]
+    if (
+        type(v) is not int
+        or v != _V
+        or type(k) is not int
+        or (k != _CALL and k != _NOTIFY)
+        or type(rid) is not int
+        or not 0 <= rid <= MAX_ID
+        or type(method) is not str
+        or type(args) is not list
+    ):
+        return None
+    if type(kwargs) is not dict:
+        if kwargs is not None:
+            return None
+        kwargs = {}
+    elif kwargs:
+        for key in kwargs:
+            if type(key) is not str:
+                return None
+    if type(meta) is not dict or not meta:
+        if meta is None or type(meta) is dict:
+            return rid, method, args, kwargs, None, None, False, k == _NOTIFY
+        return None
+    deadline = meta.get("deadline")
+    if deadline is not None and (type(deadline) is not int or deadline < 0):
+        return None
+    headers = meta.get("headers")
+    if headers is not None and type(headers) is not dict:
+        return None
+    notify = k == _NOTIFY
+    return rid, method, args, kwargs, deadline, headers, (not notify and meta.get("retry") is True), notify
 
 
 def reply_fields(frame: bytes, codec: Codec = default_codec) -> tuple[int, Any] | None:

@@ -259,7 +259,7 @@ class SyncServer(Lifecycle):
                 result = error = None
                 try:
                     result = run_to_completion(r, new_loop)
-                except BaseException as exc:
+                except BaseException as exc:  # whatever a handler raises is its answer
                     error = exc
                 with lock:
                     self._current = None

@@ -46,6 +46,7 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK_SNDMORE = _NOBLOCK | _SNDMORE
 _CLOSE_LINGER_MS = 1000  # how long queued answers may take to leave once the socket closes
+_COPY_BELOW = 4096
 
 
 class AsyncServer(Lifecycle):
@@ -320,7 +321,9 @@ class AsyncServer(Lifecycle):
         body_frame = split[1]
         envelope = [f.bytes for f in split[0]]
         ident = envelope[0]
-        r = self._dispatch.admit(body_frame.buffer, reply_to=envelope, routing_id=ident, frame=body_frame)
+        # a small body is copied (cheaper than a memoryview); a large one is decoded where it lies
+        body = body_frame.bytes if len(body_frame) < _COPY_BELOW else body_frame.buffer
+        r = self._dispatch.admit(body, envelope, ident, body_frame)
         t = type(r)
         if t is CallContext:
             self._run(r)  # type: ignore[arg-type]
@@ -340,17 +343,22 @@ class AsyncServer(Lifecycle):
         if entry.inline and not entry.is_coroutine:
             try:
                 result = run_plain(call)
-            except BaseException as exc:
+            except BaseException as exc:  # whatever a handler raises is its answer
                 self._answer(call, None, exc)
                 return
             if type(result) in NEVER_AWAITABLE or not asyncio.iscoroutine(result):
-                self._answer(call, result, None)
+                # _answer, inlined: the fastest path there is (an inline handler's result)
+                frame, waiters = self._dispatch.finish(call, result, None)
+                if frame is not None:
+                    self._send(call._reply_to, frame)
+                    for other in waiters:
+                        self._send(other, frame)
                 return
             fut: asyncio.Future[Any] = loop.create_task(result, context=task_context(call))
         elif entry.is_coroutine:
             try:
                 coro = entry.fn(*call._args, **call._kwargs)
-            except BaseException as exc:
+            except BaseException as exc:  # e.g. a callable object whose __call__ raised
                 self._answer(call, None, exc)
                 return
             fut = loop.create_task(coro, context=task_context(call))

@@ -41,7 +41,6 @@ class CallContext:
         "retry",
         "routing_id",
         "notify",
-        "started",
         "_frame",
         "_key",
         "_address",
@@ -61,12 +60,17 @@ class CallContext:
         id: int,  # noqa: A002
         headers: Mapping[str, Any] | None,
         deadline: float | None,
-        *,
         retry: bool = False,
         notify: bool = False,
         routing_id: bytes | None = None,
         frame: Any = None,
+        entry: Method | None = None,
+        args: Any = (),
+        kwargs: dict[str, Any] | None = None,
+        cache_key: Any = None,
+        reply_to: Any = None,
     ) -> None:
+        # Positional and flat on purpose: one of these is made per call on the servers' hot path.
         self.method = method
         self.id = id
         self.headers: Mapping[str, Any] = _EMPTY if headers is None else headers
@@ -77,17 +81,16 @@ class CallContext:
         self.notify = notify
         """True for a one-way call (NOTIFY): nobody waits for the result."""
         self.routing_id = routing_id
-        self.started = _monotonic()
         self._frame = frame
         self._key: Any = None
         self._address: Any = None
         self._state: dict[str, Any] | None = None
-        self._entry: Method | None = None
-        self._args: Any = ()
-        self._kwargs: dict[str, Any] = {}
+        self._entry = entry
+        self._args = args
+        self._kwargs = kwargs if kwargs is not None else {}
         self._token: Any = None
-        self._cache_key: Any = None
-        self._reply_to: Any = None
+        self._cache_key = cache_key
+        self._reply_to = reply_to
 
     # -- time ---------------------------------------------------------------------------------------
 

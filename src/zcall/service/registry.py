@@ -50,6 +50,7 @@ class Method:
         "_min_pos",
         "_max_pos",
         "_kw_required",
+        "stats",
     )
 
     def __init__(
@@ -67,6 +68,8 @@ class Method:
         )
         self.inline = inline
         self.idempotent = idempotent
+        self.stats: Any = None
+        """This method's row in its service's metrics (set on registration; the hot path's handle)."""
         doc = inspect.getdoc(fn) or ""
         self.doc = doc.strip().splitlines()[0] if doc.strip() else ""
         try:
@@ -190,8 +193,8 @@ class Service:
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         m = Method(name, fn, inline=inline, idempotent=idempotent)
+        m.stats = self.metrics.stats(name)
         self._methods[name] = m
-        self.metrics.declare([name])
         return m
 
     def register(self, obj: Any, prefix: str = "", *, inline: bool = False) -> list[str]:
@@ -229,7 +232,8 @@ class Service:
     def _add_builtin(self, short: str, fn: Callable[..., Any], *, inline: bool = True) -> None:
         """Add a built-in (server-provided) method under the reserved prefix."""
         name = BUILTIN_PREFIX + short
-        self._methods[name] = Method(name, fn, inline=inline, idempotent=True)
+        m = self._methods[name] = Method(name, fn, inline=inline, idempotent=True)
+        m.stats = self.metrics.stats(name)
 
     # -- lookup -----------------------------------------------------------------------------------
 
