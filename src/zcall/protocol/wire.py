@@ -34,6 +34,7 @@ from .status import StatusCode
 __all__ = [
     "ACK",
     "DELIMITER",
+    "MAX_REQUEST_FRAMES",
     "PROTOCOL_VERSION",
     "Call",
     "Cancel",
@@ -336,11 +337,18 @@ def subscribe_frame(id: int, patterns: list[str], codec: Codec = default_codec) 
     return codec.packb([_V, _NOTIFY, id, SUBSCRIBE_METHOD, [patterns], {}, {}])
 
 
+MAX_REQUEST_FRAMES: Final = 18
+"""A request read on a ROUTER has at most this many frames: the body, the delimiter, and up to 16
+routing ids (a chain of proxies). More is refused before any frame is copied."""
+
+
 def split_routed(frames: list[Any]) -> tuple[list[Any], Any] | None:
     """``(envelope, body)`` of a request read on a ROUTER: the body is the last frame, the one before it
     is the empty delimiter, and everything before the body (delimiter included) is the envelope to reply
-    with. ``None`` for any other shape (answer PROTOCOL_ERROR id 0 to ``[frames[0], DELIMITER]``)."""
-    if len(frames) < 3 or len(frames[-2]) != 0:
+    with. ``None`` for any other shape, or more than ``MAX_REQUEST_FRAMES`` frames (answer PROTOCOL_ERROR
+    id 0 to ``[frames[0], DELIMITER]``)."""
+    n = len(frames)
+    if n < 3 or n > MAX_REQUEST_FRAMES or len(frames[-2]) != 0:
         return None
     return frames[:-1], frames[-1]
 

@@ -1,13 +1,20 @@
-"""Synchronous serving over a REP socket: one call at a time, strictly request → reply.
+"""Synchronous serving: one call at a time, every request answered, in the order they are read.
 
-The REP socket lives on the server's own thread, which receives, runs the handler and replies: the
-fastest path for one call at a time (no hand-off). A graceful ``stop(grace)`` answers every request it
-reads from then on UNAVAILABLE; the call running when it began gets ``grace`` seconds. If that call is
-still running when the grace period ends, the stopping thread *takes the socket over*: under a lock the
-serving thread holds whenever it touches the socket, it answers that call UNAVAILABLE, answers what is
-queued, and closes the socket; the serving thread, back from the handler, sees the take-over and leaves
-without touching the socket again. The socket is owned by one thread at a time, and the lock is the
-memory barrier libzmq asks for when a socket moves between threads.
+REQ clients get REP's semantics, strictly request → reply, but the socket is a ROUTER driven the way
+libzmq's REP drives one: each request is read whole with its envelope, handled, and answered on that
+envelope before the next is read; NOTIFY and CANCEL get the empty-body ACK a REQ socket needs (docs/
+protocol.md §1). Why not REP itself: a REP socket fed garbage by a raw TCP peer (a port scanner is
+enough) lost some of the next calls of well-behaved clients in our measurements, and a ROUTER does
+not; a ROUTER also lets a stop answer every queued request, and bounds the envelope it copies.
+
+The socket lives on the server's own thread, which receives, runs the handler and replies: the fastest
+path for one call at a time (no hand-off). A graceful ``stop(grace)`` answers every request it reads
+from then on UNAVAILABLE; the call running when it began gets ``grace`` seconds. If that call is still
+running when the grace period ends, the stopping thread *takes the socket over*: under a lock the
+serving thread holds whenever it touches the socket after a handler, it answers that call
+UNAVAILABLE, answers what is queued, and closes the socket; the serving thread, back from the handler,
+sees the take-over and leaves without touching the socket again. The socket is owned by one thread at a
+time, and the lock is the memory barrier libzmq asks for when a socket moves between threads.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import zmq
 
 from ..engine.sockets import DEFAULT_BIND, apply_size_limit, bind, close_bound, close_quietly, fast_send
 from ..protocol.codec import Codec, default_codec
-from ..protocol.wire import ACK
+from ..protocol.wire import ACK, DELIMITER, MAX_REQUEST_FRAMES, split_routed
 from ..service.context import CallContext
 from ..service.dispatch import Dispatcher
 from ..service.invoke import run_to_completion
@@ -42,6 +49,8 @@ log = logging.getLogger("zcall.server")
 
 _server_numbers = itertools.count(1)  # names each server's inproc stop address; never reused
 _NOBLOCK = int(zmq.NOBLOCK)
+_NOBLOCK_SNDMORE = _NOBLOCK | int(zmq.SNDMORE)
+_COPY_BELOW = 4096  # bodies smaller than this are copied out of their frame (cheaper than a view)
 _IDLE_TICK_MS = 500  # a blocking recv re-checks for a stop this often (if the wake-up was lost)
 _SLICE = 0.05  # how often a grace wait re-checks whether it was hurried
 
@@ -80,9 +89,11 @@ class SyncServer(Lifecycle):
         self._current: CallContext | None = None
         self._taken_over = False
         self._sock: zmq.Socket | None = None
+        self._send: Any = None
         self._stop_lock = threading.Lock()
         self._stop_started = False
         self._hurried = False
+        self._undeliverable = 0
         self._done = threading.Event()
 
     @property
@@ -99,7 +110,8 @@ class SyncServer(Lifecycle):
 
     def statistics(self) -> dict[str, Any]:
         """This server's counters and calls in flight (0 or 1)."""
-        return {**self._dispatch.counters, "in_flight": self._dispatch.in_flight}
+        d = self._dispatch
+        return {**d.counters, "undeliverable": self._undeliverable, "in_flight": d.in_flight}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -178,7 +190,7 @@ class SyncServer(Lifecycle):
             )
             send = fast_send(sock)
             frame, _ = self._dispatch.unavailable(call)
-            send(frame if frame is not None else ACK, _NOBLOCK)
+            self._reply(send, call._reply_to, frame)
             self._drain(sock, send)
             close_bound(sock, self._endpoint)
 
@@ -197,63 +209,87 @@ class SyncServer(Lifecycle):
                 self._loop = None
 
     def _serve(self) -> None:
-        rep = self._ctx.socket(zmq.REP)
+        sock = self._ctx.socket(zmq.ROUTER)
         release_security = None
         try:
             try:
-                rep.setsockopt(zmq.LINGER, 1000)
-                apply_size_limit(rep, self._dispatch.codec.max_message_size)
+                sock.setsockopt(zmq.LINGER, 1000)
+                sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a vanished client fails, counted
+                apply_size_limit(sock, self._dispatch.codec.max_message_size)
                 if self._security is not None:
-                    release_security = self._security.apply(rep)
-                self._endpoint = bind(rep, self._requested)
-                rep.bind(self._stop_addr)  # where stop() wakes the blocking recv below
-                rep.setsockopt(zmq.RCVTIMEO, _IDLE_TICK_MS)
-                self._sock = rep
+                    release_security = self._security.apply(sock)
+                self._endpoint = bind(sock, self._requested)
+                sock.bind(self._stop_addr)  # where stop() wakes the blocking recv below
+                sock.setsockopt(zmq.RCVTIMEO, _IDLE_TICK_MS)
+                self._sock = sock
             except BaseException as exc:
                 self._bind_error = exc
                 raise
             finally:
                 self._bound.set()
             log.info("sync server %r listening on %s", self.service.name, self._endpoint)
-            self._loop_until_stopped(rep)
+            self._loop_until_stopped(sock)
         finally:
             with self._lock:
-                if not self._taken_over and not rep.closed:
-                    close_bound(rep, self._endpoint)
+                if not self._taken_over and not sock.closed:
+                    close_bound(sock, self._endpoint)
             if release_security is not None:
                 release_security()  # after the close: a CURVE socket without ZAP would admit anyone
 
-    def _loop_until_stopped(self, rep: zmq.Socket) -> None:
+    def _read(self, recv: Any, flags: int) -> tuple[list[bytes], Any] | None:
+        """One request, whole: ``(envelope, body frame)``, or None after answering a malformed one.
+        Frame.more instead of getsockopt(RCVMORE): pyzmq's getsockopt costs ~0.6 us a call. Frames past
+        the limit are received (libzmq holds them anyway) but neither kept nor copied."""
+        f = recv(flags, copy=False)
+        frames = [f]
+        while f.more:
+            f = recv(flags, copy=False)
+            if len(frames) <= MAX_REQUEST_FRAMES:
+                frames.append(f)
+            else:
+                frames[-1] = f  # keep the count bounded: the message is refused anyway
+        split = split_routed(frames) if not f.more else None
+        if split is None:
+            self._reply(self._send, [frames[0].bytes, DELIMITER], self._dispatch.bad_framing(len(frames) - 1))
+            return None
+        return [x.bytes for x in split[0]], split[1]
+
+    def _reply(self, send: Any, envelope: list[bytes], frame: bytes | None) -> None:
+        """Answer on ``envelope`` without ever blocking (a full or vanished client is counted)."""
+        try:
+            for part in envelope:
+                send(part, _NOBLOCK_SNDMORE)
+            send(ACK if frame is None else frame, _NOBLOCK)
+        except zmq.ZMQError:
+            self._undeliverable += 1
+
+    def _loop_until_stopped(self, sock: zmq.Socket) -> None:
         # A blocking recv, no poller: one system call less per request than polling first.
-        # Frame.more instead of getsockopt(RCVMORE): pyzmq's getsockopt costs ~0.6 us a call.
-        recv, send = rep.recv, fast_send(rep)
-        d, lock, poke = self._dispatch, self._lock, self._poke_body
+        recv = sock.recv
+        self._send = send = fast_send(sock)
+        d, lock, poke, read, reply = self._dispatch, self._lock, self._poke_body, self._read, self._reply
         admit, finish, new_loop = d.admit, d.finish, self._private_loop
         while True:
             try:
-                f = recv(0, copy=False)
+                got = read(recv, 0)
             except zmq.Again:
                 if d.stopping:
                     with lock:
                         if not self._taken_over:
-                            self._drain(rep, send)
+                            self._drain(sock, send)
                     return
                 continue
-            if f.more:
-                n = 1
-                while f.more:
-                    f = recv(0, copy=False)
-                    n += 1
-                send(d.bad_framing(n), 0)
+            if got is None:
                 continue
-            body = f.bytes
+            envelope, f = got
+            body = f.bytes if len(f) < _COPY_BELOW else f.buffer
             if body == poke:
-                send(ACK, 0)
+                reply(send, envelope, None)
                 with lock:
                     if not self._taken_over:
-                        self._drain(rep, send)
+                        self._drain(sock, send)
                 return
-            r = admit(body, frame=f, can_wait=False)
+            r = admit(body, envelope, None, f, False)
             if type(r) is CallContext:
                 self._current = r
                 result = error = None
@@ -266,36 +302,28 @@ class SyncServer(Lifecycle):
                     if self._taken_over:
                         return  # stop() answered this call and closed the socket
                     frame, _ = finish(r, result, error)
-                    send(frame if frame is not None else ACK, 0)
+                    reply(send, envelope, frame)
             elif type(r) is bytes:
-                send(r, 0)
+                reply(send, envelope, r)
             else:
-                send(ACK, 0)  # a NOTIFY refused, a CANCEL, a subscribe: REP answers every request
+                reply(send, envelope, None)  # a NOTIFY, a CANCEL, a subscribe: every request is answered
 
-    def _drain(self, rep: zmq.Socket, send: Any) -> None:
+    def _drain(self, sock: zmq.Socket, send: Any) -> None:
         """Answer whatever is already queued (stopping: UNAVAILABLE, or errors), without blocking."""
         d = self._dispatch
         while True:
             try:
-                f = rep.recv(_NOBLOCK, copy=False)
+                got = self._read(sock.recv, _NOBLOCK)
             except zmq.ZMQError:
                 return
-            if f.more:
-                n = 1
-                while f.more:
-                    f = rep.recv(_NOBLOCK, copy=False)
-                    n += 1
-                send(d.bad_framing(n), _NOBLOCK)
+            if got is None:
                 continue
+            envelope, f = got
             body = f.bytes
-            r = None if body == self._poke_body else d.admit(body, frame=f, can_wait=False)
+            r = None if body == self._poke_body else d.admit(body, envelope, None, f, False)
             if type(r) is CallContext:  # cannot be admitted while stopping; answer it anyway
-                frame, _ = d.unavailable(r)
-                send(frame if frame is not None else ACK, _NOBLOCK)
-            elif type(r) is bytes:
-                send(r, _NOBLOCK)
-            else:
-                send(ACK, _NOBLOCK)
+                r = d.unavailable(r)[0]
+            self._reply(send, envelope, r if type(r) is bytes else None)
 
     def _private_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
