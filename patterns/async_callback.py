@@ -30,6 +30,7 @@ from typing import Any
 
 import zcall
 from zcall.testing import SpawnError, spawn
+from zcall.tools.ready import announce
 
 WORK_SECONDS = 0.2
 """How long ``double`` takes on the server: long enough for the caller's other work to show."""
@@ -60,7 +61,7 @@ def serve(endpoint: str) -> None:
     # READY (the line the parent waits for, never a sleep) goes out once bound; Ctrl-C and SIGTERM stop
     # the server gracefully (calls in flight get their grace period).
     server = zcall.AsyncServer(service, endpoint)
-    server.serve_forever(on_ready=lambda ep: print(f"READY {ep}", flush=True))
+    server.serve_forever(on_ready=announce)
 
 
 @dataclass

@@ -17,13 +17,13 @@ Run alone (starts the shop process, cleans it up):  python patterns/events.py
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
 from typing import Any
 
 import zcall
 from zcall.testing import SpawnError, spawn
+from zcall.tools.serving import serve_until_stopped
 
 # -- the publisher: a shop peer in its own process ---------------------------------------------------------
 
@@ -54,14 +54,8 @@ def subscribers() -> int:
 def serve_shop(bind: str) -> None:
     """Run the shop peer until SIGTERM/SIGINT; print ``READY <endpoint>`` once bound."""
     global shop
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     shop = zcall.Peer("shop", shop_service, bind=bind)
-    with shop:
-        print(f"READY {shop.endpoint}", flush=True)  # the parent waits for this line, not a sleep
-        while not stop.wait(0.5):
-            pass
+    serve_until_stopped(shop)  # the READY line (the parent waits for it, not a sleep), then the signal
 
 
 # -- the subscribers: two peers in this process ----------------------------------------------------------

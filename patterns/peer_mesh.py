@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
-import threading
 import time
 
 import zcall
 from zcall.testing import ProcessHandle, SpawnError, spawn, stop_all
+from zcall.tools.serving import serve_until_stopped
 
 NAMES = ("a", "b", "c")
 METHODS = {"blocking handlers, peer.call": "forward", "coroutines, await peer.acall": "aforward"}
@@ -82,14 +81,8 @@ async def aforward(route: list[str], path: list[str]) -> list[str]:
 def serve_peer(name: str, bind: str) -> None:
     """Run one peer until SIGTERM/SIGINT; print ``READY <endpoint>`` once it is bound."""
     global node
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     node = zcall.Peer(name, service, bind=bind)
-    with node:
-        print(f"READY {node.endpoint}", flush=True)  # the parent waits for this line, not a sleep
-        while not stop.wait(0.5):
-            pass
+    serve_until_stopped(node)  # the READY line (the parent waits for it, not a sleep), then the signal
 
 
 # -- the demo: start three peers, make them talk, stop them ------------------------------------------
@@ -142,7 +135,7 @@ def main() -> int:
     try:
         for name in NAMES:  # start them all, then wait for each: they boot in parallel
             peers[name] = spawn([__file__, "--peer", name, "--bind", "tcp://127.0.0.1:*"], ready_prefix=None)
-        directory = {name: p.expect("READY ").split()[1] for name, p in peers.items()}
+        directory = {name: p.wait_ready().endpoint for name, p in peers.items()}
         for name, p in peers.items():
             print(f"peer {name}: pid {p.pid}, serving on {directory[name]}")
         print("this process is a fourth peer, 'driver', that sets the others going")

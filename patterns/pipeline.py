@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
-import signal
 import sys
 import threading
 import time
 
 import zcall
 from zcall.testing import ProcessHandle, SpawnError, spawn, stop_all
+from zcall.tools.ready import announce
+from zcall.tools.serving import serve_until_stopped
 
 # -- a worker peer ---------------------------------------------------------------------------------------
 
@@ -51,15 +52,13 @@ def work(item: int) -> None:
 def serve_worker(name: str, collector: str) -> None:
     """Run one worker peer until SIGTERM/SIGINT; print ``READY <endpoint>`` once bound."""
     global worker
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     worker = zcall.Peer(name, worker_service, peers={"collector": collector})
-    with worker:
+
+    def ready(endpoint: str) -> None:
         worker.call("collector", "zcall.ping")  # results will have somewhere to go: the collector is up
-        print(f"READY {worker.endpoint}", flush=True)  # the parent waits for this line, not a sleep
-        while not stop.wait(0.5):
-            pass
+        announce(endpoint)  # the parent waits for this line, not a sleep
+
+    serve_until_stopped(worker, on_ready=ready)
 
 
 # -- the collector (this process) --------------------------------------------------------------------------
@@ -101,7 +100,7 @@ def run(n_workers: int, n_items: int, timeout: float) -> int:
             for k in range(n_workers):  # start them all, then wait for each: they boot in parallel
                 cmd = [__file__, "--worker", f"worker-{k}", "--collector", me.endpoint]
                 workers[f"worker-{k}"] = spawn(cmd, ready_prefix=None)
-            endpoints = {name: w.expect("READY ").split()[1] for name, w in workers.items()}
+            endpoints = {name: w.wait_ready().endpoint for name, w in workers.items()}
             for name, w in workers.items():
                 print(f"{name}: pid {w.pid}, serving on {endpoints[name]}")
                 me.connect(name, endpoints[name])

@@ -27,6 +27,7 @@ from typing import Any
 
 import zcall
 from zcall.testing import ProcessHandle, SpawnError, spawn, stop_all
+from zcall.tools.ready import announce
 
 TOTAL = 300_000
 """The job: sum of i*i for i in [0, TOTAL), split evenly over the servers."""
@@ -55,7 +56,7 @@ def serve(endpoint: str) -> None:
     # READY (the line the parent waits for, never a sleep) goes out once bound; Ctrl-C and SIGTERM stop
     # the server gracefully (calls in flight get their grace period).
     server = zcall.AsyncServer(service, endpoint)
-    server.serve_forever(on_ready=lambda ep: print(f"READY {ep}", flush=True))
+    server.serve_forever(on_ready=announce)
 
 
 def ranges(total: int, n: int) -> list[tuple[int, int]]:
@@ -146,7 +147,7 @@ def main() -> int:
             fail = ["--fail"] if args.fail_one and k == args.servers - 1 else []
             cmd = [__file__, "--serve", "tcp://127.0.0.1:*", "--name", f"server-{k}", "--work-ms", str(work)]
             servers.append(spawn(cmd + fail, ready_prefix=None))
-        endpoints = [s.expect("READY ").split()[1] for s in servers]
+        endpoints = [s.wait_ready().endpoint for s in servers]
         return asyncio.run(scatter_gather(endpoints, args.total, args.timeout))
     except SpawnError as exc:  # its stderr is written out below, before this message
         raise SystemExit(f"server failed to start: no READY line from pid {exc.pid}") from None

@@ -12,6 +12,7 @@ import sys
 
 import zcall
 from zcall.testing import SpawnError, spawn
+from zcall.tools.ready import announce
 
 service = zcall.Service("doubler")
 
@@ -26,7 +27,7 @@ def serve(endpoint: str) -> None:
     # READY goes out once bound, from inside serve_forever, which already handles Ctrl-C and SIGTERM
     # (so a SIGTERM sent the moment READY is read still stops the server cleanly).
     server = zcall.SyncServer(service, endpoint)
-    server.serve_forever(on_ready=lambda ep: print(f"READY {ep}", flush=True))
+    server.serve_forever(on_ready=announce)
 
 
 def call(endpoint: str) -> None:

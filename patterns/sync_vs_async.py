@@ -23,6 +23,7 @@ import time
 
 import zcall
 from zcall.testing import SpawnError, spawn
+from zcall.tools.ready import announce
 
 service = zcall.Service("sleeper")
 
@@ -39,7 +40,7 @@ def serve(endpoint: str) -> None:
     # READY (the line the parent waits for, never a sleep) goes out once bound; Ctrl-C and SIGTERM stop
     # the server gracefully (calls in flight get their grace period).
     server = zcall.AsyncServer(service, endpoint)
-    server.serve_forever(on_ready=lambda ep: print(f"READY {ep}", flush=True))
+    server.serve_forever(on_ready=announce)
 
 
 class Run:

@@ -68,14 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             me.stop()
         if ns.stay:
-            print("mesh is up; Ctrl-C stops it")
-            import signal
-
-            signal.signal(signal.SIGTERM, lambda *a: mesh.request_stop())
-            try:
-                mesh.supervise()
-            except KeyboardInterrupt:
-                pass
+            with mesh.stop_signal:  # SIGINT/SIGTERM now end supervise(): installed before we say so
+                print("mesh is up; Ctrl-C stops it", flush=True)
+                mesh.supervise()  # restarts crashed peers until then
     print("all peers stopped")
     return 0
 

@@ -6,6 +6,8 @@ import json
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,15 +17,12 @@ import zmq.auth
 import zcall
 from helpers.cli_support import REPO_ROOT, TESTS_DIR, child_env, zcall_cli
 from zcall.testing import ProcessHandle, spawn
+from zcall.tools.process import start
 
 
 def serve(*args: str) -> ProcessHandle:
-    """``python -m zcall serve ARGS``, returned once it printed ``READY <name> <endpoint>``."""
-    handle = spawn(["-m", "zcall", "serve", *args], cwd=REPO_ROOT, pythonpath=[TESTS_DIR], timeout=15)
-    name, endpoint = handle.endpoint.split()
-    handle.endpoint = endpoint
-    handle.name = name  # type: ignore[attr-defined]
-    return handle
+    """``python -m zcall serve ARGS``, returned once it printed ``READY <endpoint> name=<name>``."""
+    return spawn(["-m", "zcall", "serve", *args], cwd=REPO_ROOT, pythonpath=[TESTS_DIR], timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +38,9 @@ def served() -> Iterator[ProcessHandle]:
 def test_serve_prints_ready_and_stops_with_code_0_on_sigterm() -> None:
     handle = serve("helpers.mesh_services:Greeter", "--name", "greeter")
     try:
-        assert handle.name == "greeter"  # type: ignore[attr-defined]
+        assert handle.ready is not None and handle.ready.name == "greeter"
         assert handle.endpoint.startswith("tcp://127.0.0.1:")
+        assert handle.ready_line == f"READY {handle.endpoint} name=greeter"
         with zcall.SyncClient(handle.endpoint, timeout=5) as c:
             assert c.call("hello", "bob") == "hello, bob!"
             assert c.call("zcall.ping")["pid"] == handle.pid
@@ -72,30 +72,40 @@ def test_serve_sync_serves_over_rep_and_ctrl_c_exits_0() -> None:
     assert "serving sync (REP)" in handle.stderr
 
 
+@pytest.mark.parametrize(("grace", "twice"), [("0.5", False), ("30", True)], ids=["grace", "twice"])
+def test_serve_sync_stop_honours_grace_and_a_second_ctrl_c_cuts_it(grace: str, twice: bool) -> None:
+    """A call still running at stop is answered UNAVAILABLE once ``--grace`` is over, or at once on a
+    second Ctrl-C, and the server exits 0 (it used to drop ``--grace``, and hang on the second Ctrl-C)."""
+    stopping = threading.Event()  # the first signal was handled: the server logged that it stops
+    argv = [sys.executable, "-m", "zcall", "serve", "helpers.services:service", "--sync", "--grace", grace]
+    on_stderr = lambda line: "stopping" in line and stopping.set()  # noqa: E731
+    with start(argv, env=child_env(), cwd=REPO_ROOT, on_stderr=on_stderr) as handle:
+        endpoint = handle.wait_ready(15).endpoint
+        with zcall.AsyncClient(endpoint, timeout=60) as client:
+            pending = client.call_async("slow", 3, "late")  # without the fix: it finishes
+            handle.expect("SLOW START late", timeout=10)
+            t0 = time.monotonic()
+            handle.send_signal(signal.SIGINT)
+            if twice:  # only once the first was handled: Python runs one handler for signals that pile up
+                assert stopping.wait(10), handle.stderr
+                handle.send_signal(signal.SIGINT)
+            exc = pending.exception(timeout=20)
+            answered_after = time.monotonic() - t0
+        assert isinstance(exc, zcall.ServerBusy), exc
+        assert answered_after < 2.5, answered_after  # about half the 5 s default grace (30 s: far off)
+        assert handle.wait(timeout=20) == 0, handle.stderr
+
+
 def test_serve_stops_cleanly_when_its_stdin_closes() -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zcall", "serve", "helpers.services:service", "--stop-on-stdin-eof"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-        cwd=REPO_ROOT,
-    )
-    try:
-        assert proc.stdout is not None and proc.stdin is not None
-        assert proc.stdout.readline().startswith("READY testsvc tcp://")
-        proc.stdin.close()  # what a launcher's death looks like from here
-        code = proc.wait(timeout=10)  # its few log lines fit in the pipe buffer
-        err = proc.stderr.read()  # type: ignore[union-attr]
-        assert code == 0, err
-        assert "stdin closed" in err and "Fatal Python error" not in err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            stream.close()  # type: ignore[union-attr]
+    argv = [sys.executable, "-m", "zcall", "serve", "helpers.services:service", "--stop-on-stdin-eof"]
+    with start(argv, keep_stdin=True, env=child_env(), cwd=REPO_ROOT) as handle:
+        ready = handle.wait_ready(15)
+        assert ready.name == "testsvc" and ready.endpoint.startswith("tcp://")
+        assert handle.proc.stdin is not None
+        handle.proc.stdin.close()  # what a launcher's death looks like from here
+        code = handle.wait(timeout=10)
+    assert code == 0, handle.stderr
+    assert "stdin closed" in handle.stderr and "Fatal Python error" not in handle.stderr
 
 
 def test_serve_bad_target_is_a_usage_error() -> None:

@@ -184,7 +184,25 @@ def test_launcher_api_starts_and_stops_peers_in_process() -> None:
         with zcall.SyncClient(mesh.endpoints["gateway"], timeout=5) as c:
             assert c.call("double_via_calc", 50) == 100
     assert wait_gone(pids, timeout=0) == []  # stop() reaped them: gone at once
-    assert [pp.proc.returncode for pp in mesh.processes.values()] == [0, 0]  # clean exits on SIGTERM
+    assert [pp.returncode for pp in mesh.processes.values()] == [0, 0]  # clean exits on SIGTERM
+
+
+def test_launch_peers_script_stays_up_until_sigterm() -> None:
+    """``scripts/launch_peers.py --stay``: the Launcher API, supervised until a signal, then no orphans."""
+    handle = spawn(
+        [str(REPO_ROOT / "scripts" / "launch_peers.py"), "--stay"], ready_prefix="mesh is up", timeout=40
+    )
+    try:
+        rows = [line.split() for line in handle.stdout_lines if line.split()[:1] in (["rates"], ["api"])]
+        pids = [int(row[2]) for row in rows]
+        assert len(pids) == 2 and wait_gone(pids, timeout=0) == pids  # up
+        assert "balance: 150.5" in handle.stdout_lines
+        handle.terminate()
+        assert handle.wait(timeout=20) == 0, handle.stderr
+        assert handle.expect("all peers stopped", timeout=5)
+        assert wait_gone(pids, timeout=5) == []
+    finally:
+        handle.stop(timeout=8)
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -7,13 +7,12 @@ mode (``--serve ENDPOINT`` printing ``READY <endpoint>``, then ``--call ENDPOINT
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 
 import pytest
 
+from helpers.cli_support import REPO_ROOT, run_program
 from zcall.testing import ProcessHandle, ipc_endpoint, spawn
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 PATTERNS = REPO_ROOT / "patterns"
 
 # (file in patterns/, extra args, lines that must appear in its stdout)
@@ -27,18 +26,9 @@ TWO_TERMINAL = [
 ]
 
 
-def run(args: list[str], timeout: float = 20.0) -> tuple[int, list[str], str]:
-    """Run ``python <args>`` from the repo root to completion: (exit code, stdout lines, stderr).
-    In its own process group, so servers a pattern starts are killed with it if it hangs."""
-    with spawn(args, ready_prefix=None, cwd=REPO_ROOT, own_group=True) as handle:
-        lines = handle.output(timeout)
-        code = handle.wait()
-    return code, lines, handle.stderr
-
-
 @pytest.mark.parametrize(("pattern", "extra", "expected"), STANDALONE)
 def test_pattern_runs_alone(pattern: str, extra: list[str], expected: list[str]) -> None:
-    code, lines, stderr = run([str(PATTERNS / pattern), *extra])
+    code, lines, stderr = run_program(str(PATTERNS / pattern), *extra)
     assert code == 0, stderr
     for line in expected:
         assert line in lines, (lines, stderr)
@@ -59,7 +49,7 @@ def test_pattern_two_terminals(
     server: ProcessHandle
     with spawn([str(PATTERNS / pattern), "--serve", serve_at], cwd=REPO_ROOT, own_group=True) as server:
         assert server.endpoint and not server.endpoint.endswith("*")
-        code, lines, stderr = run([str(PATTERNS / pattern), "--call", server.endpoint])
+        code, lines, stderr = run_program(str(PATTERNS / pattern), "--call", server.endpoint)
         assert code == 0, stderr
         for line in expected:
             assert line in lines, (lines, stderr)

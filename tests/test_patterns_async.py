@@ -1,49 +1,32 @@
 """The async patterns, run as a user runs them: ``python patterns/X.py`` from the repo root, output checked.
 
 Each pattern starts its own server process(es); a run that hangs is killed with its whole process group
-(the pattern and the servers it started), by the group id of the process this test started.
+(the pattern and the servers it started), by the pid of the process this test started.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import selectors
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from helpers.cli_support import REPO_ROOT, run_program
+from zcall.testing import spawn
+
 PATTERNS = REPO_ROOT / "patterns"
 RESULT_LINE = "async call result: 20"
 OTHER_WORK = "caller: doing other work while double(10) is in flight (step "
 
 
-def run_pattern(name: str, *args: str, timeout: float = 20.0) -> list[str]:
+def run_pattern(name: str, *args: str) -> list[str]:
     """Run ``patterns/<name>`` to completion; assert a clean exit; return its stdout lines."""
-    proc = subprocess.Popen(
-        [sys.executable, str(PATTERNS / name), *args],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group: a hang is cleaned up with its servers
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{name} {' '.join(args)} hung for {timeout}s\nstdout:\n{out}\nstderr:\n{err}")
-    assert proc.returncode == 0, f"{name} exited {proc.returncode}\nstdout:\n{out}\nstderr:\n{err}"
-    assert "Traceback" not in err and "never awaited" not in err, err
-    return out.splitlines()
+    code, lines, stderr = run_program(str(PATTERNS / name), *args)
+    assert code == 0, f"{name} exited {code}\nstdout:\n{lines}\nstderr:\n{stderr}"
+    assert "Traceback" not in stderr and "never awaited" not in stderr, stderr
+    return lines
 
 
 def check_async_callback_output(lines: list[str]) -> None:
@@ -73,29 +56,13 @@ def short_tmp() -> Iterator[str]:
 def test_async_callback_two_terminals(transport: str, short_tmp: str) -> None:
     """``--serve`` in one process, ``--call`` in another; the server then stops cleanly on SIGTERM."""
     bind = "tcp://127.0.0.1:*" if transport == "tcp" else f"ipc://{short_tmp}/s"
-    server = subprocess.Popen(
-        [sys.executable, str(PATTERNS / "async_callback.py"), "--serve", bind],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        with selectors.DefaultSelector() as sel:
-            sel.register(server.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
-            line = server.stdout.readline() if sel.select(10) else ""  # type: ignore[union-attr]
-        assert line.startswith("READY "), (line, server.poll())
-        endpoint = line.split()[1]
+    with spawn([str(PATTERNS / "async_callback.py"), "--serve", bind], cwd=REPO_ROOT) as server:
+        endpoint = server.endpoint
         assert endpoint.startswith(f"{transport}://") and not endpoint.endswith(":*"), endpoint
         check_async_callback_output(run_pattern("async_callback.py", "--call", endpoint))
         server.terminate()
-        _, err = server.communicate(timeout=5)
-        assert server.returncode == 0, err  # SIGTERM is a graceful stop, not a crash
-        assert "Traceback" not in err, err
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.communicate()
+        assert server.wait(timeout=5) == 0, server.stderr  # SIGTERM is a graceful stop, not a crash
+    assert "Traceback" not in server.stderr, server.stderr
 
 
 ANSWER = re.compile(

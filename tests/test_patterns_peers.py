@@ -8,24 +8,20 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 import pytest
 
-from zcall.testing import spawn
+from helpers.cli_support import REPO_ROOT, run_program
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 PATTERNS = REPO_ROOT / "patterns"
 
 
 def run(pattern: str, *args: str, timeout: float = 30.0) -> list[str]:
     """Run ``python patterns/<pattern> <args>`` to completion (in its own process group, so a hung run
     takes its children with it); assert a clean exit; return its stdout lines."""
-    with spawn([str(PATTERNS / pattern), *args], ready_prefix=None, cwd=REPO_ROOT, own_group=True) as h:
-        lines = h.output(timeout)
-        code = h.wait()
-    assert code == 0, (lines, h.stderr)
-    assert "Traceback" not in h.stderr, h.stderr
+    code, lines, stderr = run_program(str(PATTERNS / pattern), *args, timeout=timeout)
+    assert code == 0, (lines, stderr)
+    assert "Traceback" not in stderr, stderr
     pids = [int(m.group(1)) for line in lines if (m := re.search(r"\bpid (\d+)", line))]
     assert pids, lines
     for pid in pids:  # the pattern stopped and reaped every process it started

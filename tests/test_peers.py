@@ -66,8 +66,7 @@ def start_peers() -> Iterator[Callable[..., list[Node]]]:
             started.append((name, h))
         out = []
         for name, h in started:
-            line = h.expect(f"READY {name} ", timeout=15)
-            h.ready_line, h.endpoint = line, line.split()[2]
+            assert h.wait_ready(15).name == name, h.ready_line  # READY <endpoint> name=<name>
             node = Node(name, h)
             nodes.append(node)
             out.append(node)

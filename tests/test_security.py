@@ -287,7 +287,7 @@ def test_cli_serve_and_call_with_keys(keys: Keys) -> None:
         timeout=15,
     )
     try:
-        ep = handle.endpoint.split()[1]
+        ep = handle.endpoint
         good = ["--curve-secret", str(keys.client_secret), "--server-key", str(keys.server_public)]
         r = zcall_cli("call", ep, "double", "21", *good, "--timeout", "5")
         assert r.returncode == 0 and r.stdout.strip() == "42", r.stderr

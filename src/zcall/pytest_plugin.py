@@ -85,7 +85,8 @@ if pytest is not None:
     @pytest.fixture
     def zcall_spawn() -> Iterator[Callable[..., ProcessHandle]]:
         """Factory: ``zcall_spawn(args, ready_prefix="READY", timeout=10, **kw)`` runs ``python *args``
-        and returns once it printed its ready line (``handle.endpoint`` is the rest of that line);
+        and returns once it printed its ready line (``handle.endpoint`` is the endpoint on that line,
+        ``READY <endpoint> [name=...]``; ``handle.ready`` the whole line parsed);
         raises ``SpawnError`` with its stderr if it dies first. Every process is stopped by pid at
         teardown (SIGTERM, then SIGKILL) and reaped."""
         from .testing import spawn, stop_all

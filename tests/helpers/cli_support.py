@@ -1,4 +1,4 @@
-"""Run the ``zcall`` command as a user would (a subprocess), and check processes by pid."""
+"""Run the ``zcall`` command and the patterns as a user would (a subprocess), and check processes by pid."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from zcall.testing import spawn
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
 REPO_ROOT = TESTS_DIR.parent
@@ -34,6 +36,17 @@ def zcall_cli(
         cwd=cwd or REPO_ROOT,
         stdin=subprocess.DEVNULL,
     )
+
+
+def run_program(*args: str, timeout: float = 20.0) -> tuple[int, list[str], str]:
+    """Run ``python ARGS`` from the repo root to completion: (exit code, stdout lines, stderr).
+
+    In its own process group, so what it starts is stopped with it if it hangs (``SpawnError`` after
+    ``timeout``, with its stderr)."""
+    with spawn(list(args), ready_prefix=None, cwd=REPO_ROOT, own_group=True) as handle:
+        lines = handle.output(timeout)
+        code = handle.wait()
+    return code, lines, handle.stderr
 
 
 def pid_gone(pid: int) -> bool:

@@ -3,23 +3,25 @@
     python tests/helpers/peer_node.py --name a [--bind tcp://127.0.0.1:*] [--peer b=tcp://...]...
         [--subscribe 'orders.*']... [--timeout 5]
 
-prints ``READY <name> <endpoint>`` once bound and serves until SIGTERM/SIGINT. Its handlers give tests a
-handle on everything a peer does: who am I, nested calls to other peers (blocking and coroutine), events,
-notifications with a visible side effect, a slow call. Handlers that tests synchronise on print a marker
-line (``SLOW START <tag>``, ``RELAY <peer> <method>``) so a test waits on stdout instead of sleeping.
+prints ``READY <endpoint> name=<name>`` (``zcall.tools.ready``) once bound and serves until SIGTERM/SIGINT.
+Its handlers give tests a handle on everything a peer does: who am I, nested calls to other peers
+(blocking and coroutine), events, notifications with a visible side effect, a slow call. Handlers that
+tests synchronise on print a marker line (``SLOW START <tag>``, ``RELAY <peer> <method>``) so a test
+waits on stdout instead of sleeping.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import signal
 import sys
 import threading
 import time
 from typing import Any
 
 import zcall
+from zcall.tools.ready import announce
+from zcall.tools.serving import serve_until_stopped
 
 service = zcall.Service("peer_node")
 node: zcall.Peer  # set by main(); the handlers below act through it
@@ -197,7 +199,7 @@ def _parse_peer(text: str) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve a peer until SIGTERM/SIGINT; print ``READY <name> <endpoint>`` once bound."""
+    """Serve a peer until SIGTERM/SIGINT; print ``READY <endpoint> name=<name>`` once bound."""
     global node
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True)
@@ -207,19 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=5.0, help="default call timeout, seconds")
     ns = parser.parse_args(argv)
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     node = zcall.Peer(ns.name, service, bind=ns.bind, peers=dict(ns.peer), timeout=ns.timeout)
-    node.start()
-    for topic in ns.subscribe:
-        node.on(topic, _record)
-    say(f"READY {ns.name} {node.endpoint}")
-    try:
-        while not stop.wait(1.0):
-            pass
-    finally:
-        node.stop(grace=1.0)
+
+    def ready(endpoint: str) -> None:
+        for topic in ns.subscribe:
+            node.on(topic, _record)
+        with _stdout_lock:  # one whole line, even while a handler prints a marker
+            announce(endpoint, name=ns.name)
+
+    serve_until_stopped(node, grace=1.0, on_ready=ready)
     return 0
 
 
