@@ -28,8 +28,8 @@ from .errors import (
 )
 from .peer import Peer
 from .security import ClientSecurity, ServerSecurity
-from .server.rep import SyncServer
-from .server.router import AsyncServer
+from .server.asynchronous import AsyncServer
+from .server.sync import SyncServer
 from .service.context import CallContext, current_call
 from .service.interceptors import ServerInterceptor
 from .service.registry import Service

@@ -25,9 +25,9 @@ from .engine.loop import run_on, running_loop
 from .engine.sockets import DEFAULT_BIND, normalize_endpoints
 from .protocol.codec import Codec, default_codec
 from .security import ClientSecurity, ServerSecurity
+from .server.asynchronous import AsyncServer
 from .server.lifecycle import DEFAULT_GRACE, Lifecycle
-from .server.rep import SyncServer
-from .server.router import AsyncServer
+from .server.sync import SyncServer
 from .service.registry import Service
 
 __all__ = ["Peer"]

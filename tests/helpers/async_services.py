@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import threading
 import time
 from typing import Any
 
 import zcall
+from zcall.tools.ready import announce
 
 
 class Probe:
@@ -152,12 +152,7 @@ def main() -> None:
     parser.add_argument("--bind", default="tcp://127.0.0.1:*")
     ns = parser.parse_args()
     svc, _probe = make_service(announce=True)
-    server = zcall.AsyncServer(svc, ns.bind).start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(f"READY {server.endpoint}", flush=True)
-    stop.wait()
-    server.stop(grace=0.5)
+    zcall.AsyncServer(svc, ns.bind).serve_forever(grace=0.5, on_ready=announce)
 
 
 if __name__ == "__main__":

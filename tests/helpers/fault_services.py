@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import collections
 import os
-import signal
 import sys
 import time
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import zcall
 from zcall.engine.liveness import Heartbeat
 from zcall.protocol.wire import decode
+from zcall.tools.ready import announce
 
 
 def _announce(line: str) -> None:
@@ -85,7 +85,6 @@ def main() -> None:
     parser.add_argument("--heartbeat", default="1,3", metavar="IVL,TIMEOUT")
     ns = parser.parse_args()
     ivl, timeout = (float(x) for x in ns.heartbeat.split(","))
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     svc = make_service()
     received: collections.Counter[str] = collections.Counter()
 
@@ -107,7 +106,7 @@ def main() -> None:
         handle(frames)
 
     server._on_message = counting  # type: ignore[method-assign]
-    server.serve_forever(grace=0.5, on_ready=lambda ep: print(f"READY {ep}", flush=True))
+    server.serve_forever(grace=0.5, on_ready=announce)
 
 
 if __name__ == "__main__":

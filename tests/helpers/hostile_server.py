@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import threading
 import time
 from typing import Any
 
 import zcall
+from zcall.tools.ready import announce
 
 
 def rss_kib() -> int:
@@ -105,20 +105,10 @@ def main() -> None:
     kwargs: dict[str, Any] = {}
     if ns.max_message_size is not None:
         kwargs["codec"] = zcall.Codec(max_message_size=ns.max_message_size)
-    if ns.kind == "async":
-        server: Any = zcall.AsyncServer(svc, ns.bind, **kwargs)
-        holder.server = server
-        server.serve_forever(grace=0.5, on_ready=lambda ep: print(f"READY {ep}", flush=True))
-        return
-    server = zcall.SyncServer(svc, ns.bind, **kwargs)
+    kind = zcall.AsyncServer if ns.kind == "async" else zcall.SyncServer
+    server: Any = kind(svc, ns.bind, **kwargs)
     holder.server = server
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    server.start()
-    print(f"READY {server.endpoint}", flush=True)
-    try:
-        server.wait()
-    except KeyboardInterrupt:
-        server.stop()
+    server.serve_forever(grace=0.5, on_ready=announce)
 
 
 if __name__ == "__main__":

@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 from ..engine.liveness import Heartbeat
 from ..protocol.codec import Codec
+from ..server.asynchronous import AsyncServer
 from ..server.lifecycle import DEFAULT_GRACE
-from ..server.rep import SyncServer
-from ..server.router import AsyncServer
+from ..server.sync import SyncServer
 from ..service.registry import Service
 from ..tools.process import ProcessHandle, SpawnError, spawn, stop_all
 from ..tools.ready import announce

@@ -35,7 +35,7 @@ def _build_service(obj: Any, name: str) -> Any:
 
 def cmd_serve(ns: argparse.Namespace) -> int:
     from ...peer import Peer
-    from ...server.rep import SyncServer
+    from ...server.sync import SyncServer
     from ...service.registry import Service
 
     peers: dict[str, str] = {}

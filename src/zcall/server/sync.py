@@ -139,8 +139,13 @@ class SyncServer(Lifecycle):
             self._done.set()
             return
         if not first:
+            # another stop() runs (or was interrupted): wait for it, bounded, and never for a dead thread
             if thread is not threading.current_thread():
-                self._done.wait()
+                deadline = time.monotonic() + grace + 5.0
+                while not self._done.wait(_SLICE) and thread.is_alive() and time.monotonic() < deadline:
+                    pass
+                if not thread.is_alive():
+                    self._done.set()
             return
         self._dispatch.stopping = True
         log.info("sync server %s stopping, grace %.1fs", self._endpoint, grace)
