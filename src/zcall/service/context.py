@@ -52,6 +52,7 @@ class CallContext:
         "_token",
         "_cache_key",
         "_reply_to",
+        "_server",
     )
 
     def __init__(
@@ -91,6 +92,7 @@ class CallContext:
         self._token: Any = None
         self._cache_key = cache_key
         self._reply_to = reply_to
+        self._server: Any = None  # the dispatcher that admitted the call (for the built-in probes)
 
     # -- time ---------------------------------------------------------------------------------------
 
@@ -143,6 +145,11 @@ class CallContext:
         if self.routing_id:
             return self.routing_id.hex()
         return "unknown"
+
+    def _stopping(self) -> bool:
+        """Whether the server running this call has begun a graceful stop."""
+        server = self._server
+        return bool(server is not None and server.stopping)
 
     # -- for interceptors ----------------------------------------------------------------------------
 

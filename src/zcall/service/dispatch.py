@@ -179,8 +179,12 @@ class Dispatcher:
                     return None
                 still = Rejected(StatusCode.UNAVAILABLE, "the first attempt of this call still runs")
                 return self._refused(rid, name, notify, still)
-        # d, e, f: can this server take it now?
-        if self.stopping or deadline_ms == 0 or self.in_flight >= self.max_in_flight:
+        # d, e, f: can this server take it now? (a stopping server still answers its health probes)
+        if (
+            (self.stopping and not entry.while_stopping)
+            or deadline_ms == 0
+            or self.in_flight >= self.max_in_flight
+        ):
             return self._cannot_take(rid, name, notify, entry, deadline_ms, cache_key)
         call = CallContext(
             name,
@@ -197,6 +201,7 @@ class Dispatcher:
             cache_key,
             reply_to,
         )
+        call._server = self
         st = entry.stats
         call._token = (st, st.started())
         self.in_flight += 1
@@ -235,7 +240,7 @@ class Dispatcher:
         self, rid: int, name: str, notify: bool, entry: Any, deadline_ms: int | None, cache_key: Any
     ) -> bytes | None:
         """d, e, f: refused for what the server is doing now (stopping, late, full), not for the call."""
-        if self.stopping:
+        if self.stopping and not entry.while_stopping:
             refusal = Rejected(StatusCode.UNAVAILABLE, "server is shutting down")
         elif deadline_ms == 0:
             self.counters["expired"] += 1

@@ -51,6 +51,7 @@ class Method:
         "_max_pos",
         "_kw_required",
         "stats",
+        "while_stopping",
     )
 
     def __init__(
@@ -70,6 +71,8 @@ class Method:
         self.idempotent = idempotent
         self.stats: Any = None
         """This method's row in its service's metrics (set on registration; the hot path's handle)."""
+        self.while_stopping = False
+        """Answered even by a stopping server (the built-in probes only)."""
         doc = inspect.getdoc(fn) or ""
         self.doc = doc.strip().splitlines()[0] if doc.strip() else ""
         try:
@@ -140,7 +143,11 @@ class Service:
         self.metrics = Metrics()
         """Per-method call metrics, recorded by every server that serves this service."""
         self._servers: weakref.WeakSet[Any] = weakref.WeakSet()  # their dispatchers, for counters
-        self._add_builtin("ping", self._ping)
+        self.serving = True
+        """False marks this service NOT_SERVING in ``zcall.health`` (e.g. while a dependency is down);
+        every server also reports NOT_SERVING from the moment its graceful stop begins."""
+        self._add_builtin("ping", self._ping, while_stopping=True)
+        self._add_builtin("health", self._health, while_stopping=True)
         self._add_builtin("methods", self._list_methods)
         self._add_builtin("stats", self._stats)
 
@@ -229,11 +236,15 @@ class Service:
             )
         self.interceptors = (*self.interceptors, interceptor)
 
-    def _add_builtin(self, short: str, fn: Callable[..., Any], *, inline: bool = True) -> None:
-        """Add a built-in (server-provided) method under the reserved prefix."""
+    def _add_builtin(
+        self, short: str, fn: Callable[..., Any], *, inline: bool = True, while_stopping: bool = False
+    ) -> None:
+        """Add a built-in (server-provided) method under the reserved prefix; ``while_stopping``: a
+        stopping server still answers it (health and liveness probes must see the stop, not an error)."""
         name = BUILTIN_PREFIX + short
         m = self._methods[name] = Method(name, fn, inline=inline, idempotent=True)
         m.stats = self.metrics.stats(name)
+        m.while_stopping = while_stopping
 
     # -- lookup -----------------------------------------------------------------------------------
 
@@ -269,6 +280,18 @@ class Service:
     def _ping(self) -> dict[str, Any]:
         """Liveness check: the service name, its pid and uptime."""
         return {"service": self.name, "pid": os.getpid(), "uptime": time.time() - self._started}
+
+    def _health(self, service: str | None = None) -> dict[str, Any]:
+        """SERVING or NOT_SERVING, for this server (no argument) or for the service named (gRPC health
+        v1's answers: an unknown service name is SERVICE_UNKNOWN)."""
+        if service not in (None, "", self.name):
+            return {"status": "SERVICE_UNKNOWN", "service": service}
+        from .context import current_call
+
+        call = current_call()
+        stopping = call is not None and call._stopping()
+        status = "SERVING" if self.serving and not stopping else "NOT_SERVING"
+        return {"status": status, "service": self.name}
 
     def _stats(self) -> dict[str, Any]:
         """Call metrics per method (calls, errors, latency, throughput, availability) and server counters."""
