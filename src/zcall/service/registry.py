@@ -133,7 +133,11 @@ class Service:
     """A named set of callable methods; hand it to any zcall server or peer."""
 
     def __init__(
-        self, name: str = "zcall", *, interceptors: Sequence[ServerInterceptor] = (), introspection: bool = True
+        self,
+        name: str = "zcall",
+        *,
+        interceptors: Sequence[ServerInterceptor] = (),
+        introspection: bool = True,
     ) -> None:
         """``introspection=False`` leaves out ``zcall.methods`` and ``zcall.stats`` (what the service has,
         its metrics) and the pid and uptime in ``zcall.ping``; the probes (ping, health) stay. To allow
