@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from ..engine import fork
 from ..engine.liveness import DEFAULT_HEARTBEAT, Heartbeat
 from ..engine.loop import engine, run_on, running_loop
 from ..engine.reader import Reader
@@ -143,7 +144,7 @@ class AsyncServer(Lifecycle):
         """Stop accepting, let in-flight calls finish within ``grace`` seconds, then close."""
         self._wake_forever()
         loop = self._loop
-        if loop is None:
+        if loop is None or fork.inherited(loop):  # not started, or started before os.fork: the parent's
             self._done.set()
             return
         if running_loop() is loop:
@@ -156,7 +157,7 @@ class AsyncServer(Lifecycle):
         self._done.wait(grace + 10)
         if self._uses_engine:
             self._uses_engine = False
-            engine.release()
+            engine.release(loop)
 
     def _hurry(self) -> None:
         loop, idle = self._loop, self._idle
