@@ -33,6 +33,7 @@ from ..service.invoke import run_plain, run_queued, task_context
 from ..service.registry import Service
 from ..service.replycache import ReplyCache
 from .events import Subscribers
+from .health import HealthEvents
 from .lifecycle import DEFAULT_GRACE, Lifecycle
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ class AsyncServer(Lifecycle):
         self._subscribers = Subscribers()
         self._send_errno: int | None = 0  # errno of the last failed _send (EAGAIN: slow, EHOSTUNREACH: gone)
         self.counters = {"undeliverable": 0, "events_sent": 0}
+        self._health: HealthEvents | None = None
 
     # -- properties --------------------------------------------------------------------------------
 
@@ -194,6 +196,8 @@ class AsyncServer(Lifecycle):
             if self._closed is not None:
                 await self._closed.wait()
             return
+        if self._health is not None:
+            self._health.stopping()  # NOT_SERVING pushed to watchers before anything is refused
         self._closing = True
         d = self._dispatch
         d.stopping = True
@@ -291,6 +295,7 @@ class AsyncServer(Lifecycle):
         self._closed = asyncio.Event()
         self._reader = Reader(loop, sock, self._on_message, keep_frames=True)
         self._reader.start()
+        self._health = HealthEvents(self.service, self.publish)
         log.info("async server %r listening on %s", self.service.name, self._endpoint)
 
     def _send(self, envelope: list[bytes], body: bytes) -> bool:

@@ -33,6 +33,7 @@ from ..server.asynchronous import AsyncServer
 from ..server.lifecycle import DEFAULT_GRACE
 from ..server.sync import SyncServer
 from ..service.registry import Service
+from ..tools.health import NotServing, wait_serving
 from ..tools.process import ProcessHandle, SpawnError, spawn, stop_all
 from ..tools.ready import announce
 from ..tools.serving import serve_until_stopped
@@ -44,6 +45,7 @@ __all__ = [
     "REQUESTS",
     "FaultProxy",
     "FaultRule",
+    "NotServing",
     "ProcessHandle",
     "SpawnError",
     "free_tcp_endpoint",
@@ -57,6 +59,7 @@ __all__ = [
     "spawn",
     "spawn_server",
     "stop_all",
+    "wait_serving",
 ]
 
 ServerKind = Literal["sync", "async"]

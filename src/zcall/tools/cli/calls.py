@@ -151,6 +151,10 @@ def cmd_ls(ns: argparse.Namespace) -> int:
 def cmd_ping(ns: argparse.Namespace) -> int:
     from ...client.sync import SyncClient
 
+    if getattr(ns, "wait", None) is not None:  # readiness: until SERVING (zcall.tools.cli.probe)
+        from .probe import cmd_ping_wait
+
+        return cmd_ping_wait(ns, _client_security(ns))
     eps = endpoints(ns.endpoint)
     if ns.count < 1:
         raise UsageError("--count must be at least 1")
@@ -315,6 +319,11 @@ def add_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument(
         "--timeout", type=float, default=2.0, metavar="S", help="seconds to wait per ping (default 2)"
     )
+    p.add_argument(
+        "--wait", type=float, default=None, metavar="S",
+        help="readiness: wait up to S s for zcall.health to say SERVING (exit 0; 3 no answer, 1 not serving)",
+    )
+    p.add_argument("--service", default=None, metavar="NAME", help="with --wait: this service's health")
     _add_client_security(p)
     p.set_defaults(func=cmd_ping)
 
