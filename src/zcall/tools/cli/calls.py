@@ -244,6 +244,10 @@ def cmd_stats(ns: argparse.Namespace) -> int:
 
     eps = endpoints(ns.endpoint)
     security = _client_security(ns)
+    if getattr(ns, "prometheus", False):  # text exposition format (zcall.tools.cli.exposition)
+        from .exposition import cmd_stats_prometheus
+
+        return cmd_stats_prometheus(ns, security)
     if ns.watch is not None and ns.watch <= 0:
         raise UsageError("--watch takes a positive number of seconds")
 
@@ -333,6 +337,9 @@ def add_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         "--watch", type=float, default=None, metavar="S", help="refresh every S seconds until Ctrl-C"
     )
     p.add_argument("--json", action="store_true", help="print zcall.stats' raw answer as JSON")
+    p.add_argument(
+        "--prometheus", action="store_true", help="print it in Prometheus text format (zcall[prometheus])"
+    )
     p.add_argument("--timeout", type=float, default=5.0, metavar="S")
     _add_client_security(p)
     p.set_defaults(func=cmd_stats)
