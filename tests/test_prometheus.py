@@ -6,16 +6,15 @@ from __future__ import annotations
 import urllib.request
 from typing import Any
 
+import prometheus_client
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-prometheus_client = pytest.importorskip("prometheus_client")
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
-import zcall  # noqa: E402
-from helpers.cli_support import zcall_cli  # noqa: E402
-from zcall.integrations.prometheus import ZcallCollector, exposition, serve_metrics  # noqa: E402
-from zcall.service.metrics import BOUNDS  # noqa: E402
-from zcall.testing import running_server  # noqa: E402
+import zcall
+from helpers.cli_support import zcall_cli
+from zcall.integrations.prometheus import ZcallCollector, exposition, serve_metrics
+from zcall.service.metrics import BOUNDS
+from zcall.testing import running_server
 
 
 def make_service() -> zcall.Service:
