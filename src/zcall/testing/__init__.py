@@ -38,9 +38,14 @@ from ..tools.process import ProcessHandle, SpawnError, spawn, stop_all
 from ..tools.ready import announce
 from ..tools.serving import serve_until_stopped
 from ..tools.targets import TargetError, load_service
+from .doubles import CallRecorder, FakeServer, NotScripted, RecordedCall
 from .faultproxy import REPLIES, REQUESTS, FaultProxy, FaultRule, is_call, is_reply, kind_of
 
 __all__ = [
+    "CallRecorder",
+    "FakeServer",
+    "NotScripted",
+    "RecordedCall",
     "REPLIES",
     "REQUESTS",
     "FaultProxy",
