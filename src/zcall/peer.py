@@ -22,7 +22,7 @@ from .client.asynchronous import AsyncClient
 from .client.interceptors import ClientInterceptor
 from .client.sync import SyncClient
 from .engine.loop import run_on, running_loop
-from .engine.sockets import DEFAULT_BIND, normalize_endpoints
+from .engine.sockets import DEFAULT_BIND, default_context, normalize_endpoints
 from .protocol.codec import Codec, default_codec
 from .security import ClientSecurity, ServerSecurity
 from .server.asynchronous import AsyncServer
@@ -78,7 +78,7 @@ class Peer(Lifecycle):
         self.timeout = timeout
         self.retries = retries
         self._max_in_flight = max_in_flight
-        self._ctx = context or zmq.Context.instance()
+        self._ctx = context or default_context()
         self._codec = codec
         self._directory: dict[str, list[str]] = {}
         self._sync_clients: dict[str, SyncClient] = {}

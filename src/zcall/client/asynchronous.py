@@ -55,6 +55,7 @@ from ..protocol.wire import (
     cancel_frame,
     decode,
     notify_frame,
+    peek_reply_id,
     ping_frame,
     reply_fields,
     subscribe_frame,
@@ -647,11 +648,11 @@ class AsyncClient(ClientCore, ChannelEvents):
         except ProtocolError as exc:
             self.counters["bad_replies"] += 1
             log.warning("bad reply from %s: %s", ch.endpoint, exc)
-            rid = getattr(exc, "id", None)
+            rid = getattr(exc, "id", None) or peek_reply_id(body)  # fail that call now, not at its timeout
             call = self._table.pop(rid) if rid else None
             if call is not None:
                 self._slots.release()
-                self._settle_err(call, exc)
+                self._settle_err(call, ProtocolError(f"the reply to {call.method!r} cannot be read: {exc}"))
             return
         kind = type(msg)
         if kind is Reply or kind is ErrorReply:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from ..engine.sockets import normalize_endpoints
+from ..engine.sockets import default_context, normalize_endpoints
 from ..errors import CallTimeout, RemoteError, SerializationError
 from ..protocol.codec import Codec, default_codec
 from ..protocol.ids import IdSource
@@ -215,7 +215,7 @@ class ClientCore:
                     "on_error"
                 )
         self._interceptors: tuple[ClientInterceptor, ...] = tuple(interceptors)
-        self._ctx = context or zmq.Context.instance()
+        self._ctx = context or default_context()
         self._codec = codec
         self._security = security
         self._ids = IdSource()

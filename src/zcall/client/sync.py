@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from ..engine.sockets import apply_size_limit, close_quietly, fast_send
+from ..engine.sockets import apply_size_limit, close_quietly, fast_send, new_socket
 from ..errors import ClientClosed, ProtocolError, RemoteError
 from ..protocol.wire import ErrorReply, Reply, decode, reply_fields
 from .core import CallOptions, ClientCore
@@ -102,7 +102,7 @@ class SyncClient(ClientCore):
             if self._closed:
                 raise ClientClosed("SyncClient is closed")
             self.counters["sockets_opened"] += 1
-        s = self._ctx.socket(zmq.REQ)
+        s = new_socket(self._ctx, zmq.REQ)
         s.setsockopt(zmq.LINGER, 0)
         apply_size_limit(s, self._codec.max_message_size)
         if self._security is not None:

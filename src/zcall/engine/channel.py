@@ -18,7 +18,7 @@ from zmq.utils.monitor import parse_monitor_message
 from ..protocol.wire import DELIMITER
 from .liveness import Heartbeat, Liveness
 from .reader import Reader
-from .sockets import apply_size_limit, close_quietly, fast_send
+from .sockets import apply_size_limit, close_quietly, fast_send, new_socket
 
 if TYPE_CHECKING:
     from ..security import ClientSecurity
@@ -112,7 +112,7 @@ class Channel:
         self._loop = loop
         self._events = events
         self._curve = security is not None
-        sock = ctx.socket(zmq.DEALER)
+        sock = new_socket(ctx, zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 0)  # 1 would drop replies still unread when the server hangs up
         apply_size_limit(sock, max_message_size)
@@ -120,7 +120,12 @@ class Channel:
             heartbeat.apply(sock)
         if security is not None:
             security.apply(sock)
-        self.monitor = sock.get_monitor_socket(MONITORED)
+        try:
+            self.monitor = sock.get_monitor_socket(MONITORED)
+        except zmq.ZMQError:
+            sock.close(linger=0)
+            new_socket(ctx, zmq.PAIR).close(linger=0)  # raises the error that says what to do, if that was it
+            raise
         sock.connect(endpoint)
         self.sock = sock
         self._send = fast_send(sock)

@@ -47,7 +47,9 @@ class Engine:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 started = threading.Event()
-                t = threading.Thread(target=self._run, args=(loop, started), name="zcall-engine", daemon=True)
+                t = threading.Thread(
+                    target=self._run, args=(loop, started), name="zcall-engine", daemon=True
+                )
                 t.start()
                 started.wait()
                 self._loop, self._thread = loop, t
@@ -90,12 +92,21 @@ class Engine:
         self._users = 0
         return loop
 
-    @staticmethod
-    def _run(loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
+    def _run(self, loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
         asyncio.set_event_loop(loop)
         loop.call_soon(started.set)
         try:
-            loop.run_forever()
+            try:
+                loop.run_forever()
+            except BaseException:
+                # Nothing zcall runs lets an exception out of a loop callback (handlers' BaseExceptions
+                # are their answers); if something did, say so loudly and let the next user start afresh.
+                log.critical("zcall's engine loop died; its clients and servers stop working", exc_info=True)
+                with self._lock:
+                    if self._loop is loop:
+                        self._loop = self._thread = None
+                        self._users = 0
+                raise
             pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
             for t in pending:
                 t.cancel()
@@ -117,6 +128,8 @@ def run_on(loop: asyncio.AbstractEventLoop, fn: Callable[..., T], *args: Any, ti
     """Run ``fn(*args)`` on ``loop``'s thread and return its result (directly if already there)."""
     if running_loop() is loop:
         return fn(*args)
+    if loop.is_closed():
+        raise RuntimeError("the event loop this zcall object lives on is closed (its thread ended)")
     fut: concurrent.futures.Future[T] = concurrent.futures.Future()
 
     def job() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,6 +14,9 @@ __all__ = [
     "apply_size_limit",
     "bind",
     "close_quietly",
+    "default_context",
+    "frame_limit",
+    "new_socket",
     "fast_send",
     "normalize_endpoints",
     "close_bound",
@@ -34,13 +39,73 @@ def bind(sock: zmq.Socket, endpoint: str) -> str:
     return bound or endpoint
 
 
-def apply_size_limit(sock: zmq.Socket, max_message_size: int) -> None:
-    """The hard wall behind the codec's limit: libzmq drops a connection that sends a frame over twice it.
+def frame_limit(max_message_size: int) -> int:
+    """The per-frame wall libzmq enforces (``MAXMSGSIZE``): the message limit plus an eighth (at least
+    64 KiB), so a body a little over the limit is still read and answered MESSAGE_TOO_LARGE (the sender
+    learns why), and one far over it costs the sender its connection before libzmq buffers it."""
+    return max_message_size + max(64 * 1024, max_message_size // 8)
 
-    Frames up to ``max_message_size`` are decoded; larger ones up to twice that are read and answered
-    with MESSAGE_TOO_LARGE (the sender learns why); beyond, libzmq never buffers them at all.
+
+def apply_size_limit(sock: zmq.Socket, max_message_size: int) -> None:
+    """Set the per-frame wall behind the codec's limit (``frame_limit``) on ``sock``.
+
+    libzmq's limit is per *frame*, and it hands a multipart message over only once all of it arrived:
+    a peer may make libzmq hold one message of many frames of up to this size each. zcall refuses such
+    a request (more than ``protocol.MAX_REQUEST_FRAMES`` frames) without copying any of it, so libzmq
+    frees it at once; against untrusted networks use CURVE with an allow-list (docs/security.md).
     """
-    sock.setsockopt(zmq.MAXMSGSIZE, 2 * max_message_size)
+    sock.setsockopt(zmq.MAXMSGSIZE, frame_limit(max_message_size))
+
+
+_context_lock = threading.Lock()
+_context_ready = False
+MAX_SOCKETS_WANTED = 65535
+
+
+def default_context() -> zmq.Context:
+    """The process-wide ``zmq.Context.instance()`` zcall objects use unless given one.
+
+    When zcall creates it, it raises libzmq's socket limit (1,023 by default; an async client uses
+    three sockets) to what the process's open-file limit allows, so a thousand clients fit. A context
+    made earlier by the application keeps its own limit (libzmq fixes it at the first socket)."""
+    global _context_ready
+    if _context_ready:
+        return zmq.Context.instance()
+    with _context_lock:
+        fresh = getattr(zmq.Context, "_instance", None) is None
+        ctx: zmq.Context = zmq.Context.instance()
+        if fresh:
+            try:
+                import resource
+
+                soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                unlimited = soft == resource.RLIM_INFINITY
+                wanted = MAX_SOCKETS_WANTED if unlimited else min(MAX_SOCKETS_WANTED, soft)
+            except (ImportError, OSError, ValueError):
+                wanted = 4096
+            try:
+                ctx.set(zmq.MAX_SOCKETS, max(1024, wanted))
+            except zmq.ZMQError:
+                pass
+        _context_ready = True
+        return ctx
+
+
+def new_socket(ctx: zmq.Context, kind: int) -> zmq.Socket:
+    """``ctx.socket(kind)``, with the error that says what to do when the process is out of sockets."""
+    try:
+        return ctx.socket(kind)
+    except zmq.ZMQError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            limit = ctx.get(zmq.MAX_SOCKETS)
+            raise OSError(
+                exc.errno,
+                f"cannot open another zmq socket ({exc}): this context allows {limit} sockets and each "
+                "AsyncClient uses 3 (a DEALER and its monitor pair) per endpoint; share clients, close "
+                "unused ones, raise the open-file limit (ulimit -n), or pass context= a zmq.Context whose "
+                "MAX_SOCKETS was raised before its first socket",
+            ) from None
+        raise
 
 
 def fast_send(sock: zmq.Socket) -> Callable[[bytes, int], Any]:

@@ -17,24 +17,67 @@ import msgpack
 
 from ..errors import MessageTooLarge, ProtocolError, SerializationError
 
-__all__ = ["Codec", "DEFAULT_MAX_MESSAGE_SIZE", "default_codec", "register_type"]
+__all__ = ["DEFAULT_MAX_DECODED_BYTES", "DEFAULT_MAX_MESSAGE_SIZE", "Codec", "default_codec", "register_type"]
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 """Largest frame zcall accepts by default (16 MiB); larger ones are refused before decoding."""
 
 
+COUNTED_ABOVE = 4096
+"""Bodies of at least this many bytes are decoded with what their maps and arrays cost counted against
+``Codec.max_decoded_bytes``; smaller ones cannot cost more than ~64x their size (256 KiB)."""
+
+DEFAULT_MAX_DECODED_BYTES = 64 * 1024 * 1024
+"""What the maps and arrays of one message may cost once decoded, by default (64 MiB)."""
+
+
+class _OverBudget(Exception):
+    pass
+
+
+class _ContainerBudget:
+    """msgpack's list_hook/object_hook: adds up what each map and array costs in Python as it is built
+    (an estimate of CPython's sizes) and stops decoding at the budget."""
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.left = self.limit = limit
+
+    def __call__(self, obj: Any) -> Any:
+        self.left -= (64 + 32 * len(obj)) if type(obj) is dict else (56 + 8 * len(obj))
+        if self.left < 0:
+            raise _OverBudget(
+                f"the maps and arrays of this message would take more than {self.limit} bytes once "
+                "decoded: refused before decoding the rest (raise Codec(max_decoded_bytes=...) on both "
+                "sides if the data really is that dense)"
+            )
+        return obj
+
+
 class Codec:
     """msgpack encoder/decoder with explicit limits and a registry of extension types."""
 
-    __slots__ = ("max_message_size", "strict_map_key", "_by_type", "_by_code", "_default", "_local")
+    __slots__ = (
+        "max_message_size",
+        "max_decoded_bytes",
+        "strict_map_key",
+        "_by_type",
+        "_by_code",
+        "_default",
+        "_local",
+    )
 
     def __init__(
         self,
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
         strict_map_key: bool = True,
     ) -> None:
         self.max_message_size = max_message_size
+        self.max_decoded_bytes = max_decoded_bytes
+        """What the maps and arrays of one message may cost once decoded (``COUNTED_ABOVE``)."""
         self.strict_map_key = strict_map_key
         self._by_type: dict[type, tuple[int, Callable[[Any], bytes]]] = {}
         self._by_code: dict[int, Callable[[bytes], Any]] = {}
@@ -62,7 +105,11 @@ class Codec:
 
     def copy(self) -> Codec:
         """A codec with the same limits and registrations, to change without touching this one."""
-        c = Codec(max_message_size=self.max_message_size, strict_map_key=self.strict_map_key)
+        c = Codec(
+            max_message_size=self.max_message_size,
+            max_decoded_bytes=self.max_decoded_bytes,
+            strict_map_key=self.strict_map_key,
+        )
         c._by_type = dict(self._by_type)
         c._by_code = dict(self._by_code)
         return c
@@ -133,16 +180,28 @@ class Codec:
             raise MessageTooLarge(
                 f"message of {len(data)} bytes exceeds the limit of {self.max_message_size} bytes"
             )
+        n = len(data)
         try:
+            if n < COUNTED_ABOVE:
+                return msgpack.unpackb(
+                    data, raw=False, timestamp=3, strict_map_key=self.strict_map_key, ext_hook=self._ext_hook
+                )
+            # A large body is decoded with its containers counted: an empty map or array costs one wire
+            # byte and ~60 bytes once decoded, so a body of nothing else would decode to ~60x its size.
+            hook = _ContainerBudget(self.max_decoded_bytes)
             return msgpack.unpackb(
                 data,
                 raw=False,
                 timestamp=3,
                 strict_map_key=self.strict_map_key,
                 ext_hook=self._ext_hook,
+                list_hook=hook,
+                object_hook=hook,
             )
         except ProtocolError:
             raise
+        except _OverBudget as exc:
+            raise ProtocolError(str(exc)) from None
         except msgpack.ExtraData:
             raise ProtocolError("trailing bytes after the msgpack value") from None
         except msgpack.StackError:

@@ -48,6 +48,7 @@ __all__ = [
     "Pong",
     "Reply",
     "call_frame",
+    "check_readable",
     "cancel_frame",
     "decode",
     "encode",
@@ -58,6 +59,7 @@ __all__ = [
     "notify_frame",
     "peek_id",
     "peek_kind",
+    "peek_reply_id",
     "ping_frame",
     "pong_frame",
     "reply_fields",
@@ -537,6 +539,27 @@ def reply_fields(frame: bytes, codec: Codec = default_codec) -> tuple[int, Any] 
         if type(v) is int and type(k) is int and type(rid) is int and v == _V and k == _REPLY and rid >= 0:
             return (rid, m[3]) if rid <= MAX_ID else None
     return None
+
+
+def check_readable(frame: bytes, codec: Codec = default_codec) -> None:
+    """Raise ``ProtocolError`` if a receiver with ``codec``'s limits would refuse ``frame`` (a map key
+    that is not str or bin, too deep, too many containers): a server checks its replies with it."""
+    codec.unpackb(frame)
+
+
+def peek_reply_id(body: bytes) -> int | None:
+    """The id of a reply that cannot be decoded (too large, a non-str map key, a bad value further in),
+    read from its first items only, so the client can fail that call at once; None if even that fails."""
+    try:
+        u = msgpack.Unpacker(max_buffer_size=256, raw=True, strict_map_key=False)
+        u.feed(bytes(body[:64]))
+        if u.read_array_header() < 3:
+            return None
+        version, kind, rid = u.unpack(), u.unpack(), u.unpack()
+    except Exception:
+        return None
+    ok = type(version) is int and type(kind) is int and kind in (_REPLY, _ERROR) and type(rid) is int
+    return rid if ok and 0 < rid <= MAX_ID else None
 
 
 def peek_kind(body: bytes) -> Kind | None:

@@ -9,7 +9,6 @@ declared ``inline=True`` on the loop itself, which is fastest for handlers that 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import logging
 import os
@@ -23,13 +22,29 @@ from ..engine import fork
 from ..engine.liveness import DEFAULT_HEARTBEAT, Heartbeat
 from ..engine.loop import engine, run_on, running_loop
 from ..engine.reader import Reader
-from ..engine.sockets import DEFAULT_BIND, apply_size_limit, bind, close_bound, close_quietly, fast_send
+from ..engine.sockets import (
+    DEFAULT_BIND,
+    apply_size_limit,
+    bind,
+    close_bound,
+    close_quietly,
+    default_context,
+    fast_send,
+    new_socket,
+)
+from ..engine.workers import Job, Workers
 from ..protocol.codec import Codec, default_codec
 from ..protocol.topics import SUBSCRIBE_METHOD, topic_matches
 from ..protocol.wire import ACK, DELIMITER, Cancel, event_frame, event_tail, split_routed
 from ..service.context import CallContext
-from ..service.dispatch import DEFAULT_MAX_IN_FLIGHT, NEVER_AWAITABLE, Dispatcher, Subscribe
-from ..service.invoke import run_plain, run_queued, task_context
+from ..service.dispatch import (
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_IN_FLIGHT_BYTES,
+    NEVER_AWAITABLE,
+    Dispatcher,
+    Subscribe,
+)
+from ..service.invoke import guarded, run_plain, run_queued, task_context
 from ..service.registry import Service
 from ..service.replycache import ReplyCache
 from .events import Subscribers
@@ -60,6 +75,7 @@ class AsyncServer(Lifecycle):
         endpoint: str = DEFAULT_BIND,
         *,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_in_flight_bytes: int = DEFAULT_MAX_IN_FLIGHT_BYTES,
         workers: int | None = None,
         context: zmq.Context | None = None,
         codec: Codec = default_codec,
@@ -67,6 +83,7 @@ class AsyncServer(Lifecycle):
         reply_cache: ReplyCache | None = None,
         heartbeat: Heartbeat | None = DEFAULT_HEARTBEAT,
         security: ServerSecurity | None = None,
+        check_replies: bool = True,
     ) -> None:
         self.service = service
         self._dispatch = Dispatcher(
@@ -75,11 +92,13 @@ class AsyncServer(Lifecycle):
             send_tracebacks=send_tracebacks,
             reply_cache=reply_cache,
             max_in_flight=max_in_flight,
+            max_in_flight_bytes=max_in_flight_bytes,
+            check_replies=check_replies,
         )
         self.max_in_flight = max_in_flight
         self._requested = endpoint
         self._workers = workers or min(32, (os.cpu_count() or 1) + 4)
-        self._ctx = context or zmq.Context.instance()
+        self._ctx = context or default_context()
         self._codec = codec
         self._heartbeat = heartbeat
         self._security = security
@@ -89,9 +108,9 @@ class AsyncServer(Lifecycle):
         self._sock: zmq.Socket | None = None
         self._fast_send: Callable[[bytes, int], Any] | None = None
         self._reader: Reader | None = None
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        # (routing id, call id) -> (call, future) for calls running off the loop's current step
-        self._running: dict[tuple[bytes, int], tuple[CallContext, asyncio.Future[Any]]] = {}
+        self._pool: Workers | None = None
+        # (routing id, call id) -> (call, its task or pool job) for calls running off the loop's current step
+        self._running: dict[tuple[bytes, int], tuple[CallContext, Any]] = {}
         self._idle: asyncio.Event | None = None
         self._closing = False
         self._closed: asyncio.Event | None = None
@@ -224,7 +243,7 @@ class AsyncServer(Lifecycle):
         if self._release_security is not None:
             self._release_security()  # after the close: a CURVE socket without ZAP would admit anyone
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.close()  # daemon threads: a handler still blocked never holds the process
         assert self._closed is not None
         self._closed.set()
         self._done.set()
@@ -273,7 +292,7 @@ class AsyncServer(Lifecycle):
     # -- the socket --------------------------------------------------------------------------------
 
     def _open(self, loop: asyncio.AbstractEventLoop) -> None:
-        sock = self._ctx.socket(zmq.ROUTER)
+        sock = new_socket(self._ctx, zmq.ROUTER)
         try:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.setsockopt(zmq.LINGER, 0)
@@ -360,27 +379,39 @@ class AsyncServer(Lifecycle):
                     for other in waiters:
                         self._send(other, frame)
                 return
-            fut: asyncio.Future[Any] = loop.create_task(result, context=task_context(call))
+            fut: asyncio.Future[Any] = loop.create_task(guarded(result), context=task_context(call))
         elif entry.is_coroutine:
             try:
                 coro = entry.fn(*call._args, **call._kwargs)
             except BaseException as exc:  # e.g. a callable object whose __call__ raised
                 self._answer(call, None, exc)
                 return
-            fut = loop.create_task(coro, context=task_context(call))
+            fut = loop.create_task(guarded(coro), context=task_context(call))
         else:
-            if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    self._workers, thread_name_prefix=f"zcall-{self.service.name}"
-                )
+            pool = self._pool
+            if pool is None:
+                pool = self._pool = Workers(loop, self._workers, f"zcall-{self.service.name}")
+            job = Job(run_queued, call, self._job_done)
             try:
-                fut = loop.run_in_executor(self._pool, run_queued, call)
-            except RuntimeError as exc:  # the pool is shut down (interpreter exit): refuse, do not crash
+                pool.submit(job)
+            except RuntimeError as exc:  # the pool is closed (stopping): refuse, do not crash
                 self._answer(call, None, exc)
                 return
+            self._running[(call.routing_id or b"", call.id)] = (call, job)
+            return
         key = (call.routing_id or b"", call.id)
         self._running[key] = (call, fut)
         fut.add_done_callback(functools.partial(self._finished, key, call))
+
+    def _job_done(self, job: Job, result: Any, error: BaseException | None) -> None:
+        """A pool job finished (on the loop, in a batch with the others that finished meanwhile)."""
+        call: CallContext = job.arg
+        if self._running.pop((call.routing_id or b"", call.id), None) is None:
+            return  # cancelled by the caller, or answered by the shutdown
+        self._answer(call, result, error)
+        self._reader.check()  # type: ignore[union-attr]
+        if self._closing and not self._running and self._idle is not None:
+            self._idle.set()
 
     def _finished(self, key: tuple[bytes, int], call: CallContext, fut: asyncio.Future[Any]) -> None:
         if self._running.pop(key, None) is None:

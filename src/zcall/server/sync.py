@@ -30,7 +30,16 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from ..engine.sockets import DEFAULT_BIND, apply_size_limit, bind, close_bound, close_quietly, fast_send
+from ..engine.sockets import (
+    DEFAULT_BIND,
+    apply_size_limit,
+    bind,
+    close_bound,
+    close_quietly,
+    default_context,
+    fast_send,
+    new_socket,
+)
 from ..protocol.codec import Codec, default_codec
 from ..protocol.wire import ACK, DELIMITER, MAX_REQUEST_FRAMES, split_routed
 from ..service.context import CallContext
@@ -68,12 +77,19 @@ class SyncServer(Lifecycle):
         send_tracebacks: bool = True,
         reply_cache: ReplyCache | None = None,
         security: ServerSecurity | None = None,
+        check_replies: bool = True,
     ) -> None:
         self.service = service
         self._requested = endpoint
         self._security = security
-        self._ctx = context or zmq.Context.instance()
-        self._dispatch = Dispatcher(service, codec, send_tracebacks=send_tracebacks, reply_cache=reply_cache)
+        self._ctx = context or default_context()
+        self._dispatch = Dispatcher(
+            service,
+            codec,
+            send_tracebacks=send_tracebacks,
+            reply_cache=reply_cache,
+            check_replies=check_replies,
+        )
         self._endpoint: str | None = None
         self._thread: threading.Thread | None = None
         self._bound = threading.Event()
@@ -214,7 +230,7 @@ class SyncServer(Lifecycle):
                 self._loop = None
 
     def _serve(self) -> None:
-        sock = self._ctx.socket(zmq.ROUTER)
+        sock = new_socket(self._ctx, zmq.ROUTER)
         release_security = None
         try:
             try:

@@ -53,6 +53,7 @@ class CallContext:
         "_cache_key",
         "_reply_to",
         "_server",
+        "_size",
     )
 
     def __init__(
@@ -93,6 +94,7 @@ class CallContext:
         self._cache_key = cache_key
         self._reply_to = reply_to
         self._server: Any = None  # the dispatcher that admitted the call (for the built-in probes)
+        self._size = 0  # its request's bytes (the dispatcher's in-flight byte budget)
 
     # -- time ---------------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from ..protocol.wire import (
     Cancel,
     ErrorRecord,
     Ping,
+    check_readable,
     decode,
     error_for,
     error_frame,
@@ -57,7 +58,14 @@ NEVER_AWAITABLE: Final = frozenset((int, float, str, bytes, bool, list, dict, ty
 """Result types a server need not check for awaitability (the check costs on the hot path)."""
 
 DEFAULT_MAX_IN_FLIGHT: Final = 1000
+DEFAULT_MAX_IN_FLIGHT_BYTES: Final = 64 * 1024 * 1024
+"""Request bytes (on the wire) of the calls admitted and not finished, at most, by default: with
+``max_in_flight`` it bounds what queued work holds (a call over the rest is OVERLOADED)."""
+MAX_PATTERNS: Final = 64
+"""Event patterns one connection may hold; more in one ``zcall.subscribe`` are ignored (logged)."""
+MAX_PATTERN_LENGTH: Final = 256
 _CANCELLED_ERRORS = (asyncio.CancelledError, concurrent.futures.CancelledError)
+_CONTAINERS = (dict, list, tuple)  # result types whose encoding is checked by decoding it (check_replies)
 _NO_WAITERS: list[Any] = []  # returned (never changed) when no resend joined a call: no list per call
 
 
@@ -84,11 +92,14 @@ class Dispatcher:
         "in_flight",
         "interceptors",
         "max_in_flight",
+        "in_flight_bytes",
+        "max_in_flight_bytes",
         "metrics",
         "replies",
         "send_tracebacks",
         "service",
         "stopping",
+        "check_replies",
     )
 
     def __init__(
@@ -99,9 +110,19 @@ class Dispatcher:
         send_tracebacks: bool = True,
         reply_cache: ReplyCache | None = None,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_in_flight_bytes: int = DEFAULT_MAX_IN_FLIGHT_BYTES,
+        check_replies: bool = True,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        if max_in_flight_bytes < 1:
+            raise ValueError(f"max_in_flight_bytes must be >= 1, got {max_in_flight_bytes}")
+        self.max_in_flight_bytes = max_in_flight_bytes
+        self.check_replies = check_replies
+        """Decode a map or array result before sending it, so one the caller's decoder would refuse (a
+        non-str key, too deep, too many containers) becomes an error reply that says so, here."""
+        self.in_flight_bytes = 0
+        """Request bytes of the calls admitted and not yet finished."""
         self.service = service
         self.codec = codec
         self.send_tracebacks = send_tracebacks
@@ -148,8 +169,7 @@ class Dispatcher:
             return self._other(body)
         rid, name, args, kwargs, deadline_ms, headers, retry, notify = fields
         if notify and name == SUBSCRIBE_METHOD:
-            wanted = args[0] if args else []
-            return Subscribe([p for p in wanted if isinstance(p, str)] if type(wanted) is list else [])
+            return self._subscription(args)
         counters = self.counters
         counters["calls"] += 1
         # a, b: does this call make sense here at all?
@@ -175,15 +195,17 @@ class Dispatcher:
                     counters["cache_hits"] += 1
                     return seen  # type: ignore[no-any-return]
                 if can_wait:
-                    self.replies.wait(cache_key, reply_to)
+                    self.replies.wait(cache_key, reply_to)  # bounded: past max_waiters it is dropped
                     return None
                 still = Rejected(StatusCode.UNAVAILABLE, "the first attempt of this call still runs")
                 return self._refused(rid, name, notify, still)
         # d, e, f: can this server take it now? (a stopping server still answers its health probes)
+        size = len(body)
         if (
             (self.stopping and not entry.while_stopping)
             or deadline_ms == 0
             or self.in_flight >= self.max_in_flight
+            or (self.in_flight_bytes + size > self.max_in_flight_bytes and self.in_flight)
         ):
             return self._cannot_take(rid, name, notify, entry, deadline_ms, cache_key)
         call = CallContext(
@@ -202,6 +224,8 @@ class Dispatcher:
             reply_to,
         )
         call._server = self
+        call._size = size
+        self.in_flight_bytes += size
         st = entry.stats
         call._token = (st, st.started())
         self.in_flight += 1
@@ -216,6 +240,21 @@ class Dispatcher:
             finally:
                 _current.reset(token)
         return call
+
+    def _subscription(self, args: list[Any]) -> Subscribe:
+        """A ``zcall.subscribe`` NOTIFY's patterns, bounded (``MAX_PATTERNS`` of ``MAX_PATTERN_LENGTH``)."""
+        wanted = args[0] if args and type(args[0]) is list else []
+        patterns = [p for p in wanted if type(p) is str and len(p) <= MAX_PATTERN_LENGTH]
+        if len(patterns) != len(wanted) or len(patterns) > MAX_PATTERNS:
+            self.counters["bad_messages"] += 1
+            log.warning(
+                "subscribe with %d pattern(s): kept %d (at most %d patterns of %d characters, strings only)",
+                len(wanted),
+                min(len(patterns), MAX_PATTERNS),
+                MAX_PATTERNS,
+                MAX_PATTERN_LENGTH,
+            )
+        return Subscribe(patterns[:MAX_PATTERNS])
 
     def _other(self, body: Any) -> bytes | Cancel | None:
         """Anything but a well-formed CALL/NOTIFY: a PING, a CANCEL, or bad input (answered)."""
@@ -247,7 +286,11 @@ class Dispatcher:
             refusal = Rejected(StatusCode.DEADLINE_EXCEEDED, "deadline passed on arrival")
         else:
             self.counters["overloaded"] += 1
-            text = f"server at its limit of {self.max_in_flight} calls in flight; retry later"
+            if self.in_flight >= self.max_in_flight:
+                text = f"server at its limit of {self.max_in_flight} calls in flight; retry later"
+            else:
+                limit = self.max_in_flight_bytes
+                text = f"server at its limit of {limit} request bytes in flight; retry later"
             refusal = Rejected(StatusCode.OVERLOADED, text)
         if cache_key is not None:
             self.replies.forget(cache_key)  # refused before running: a resend may run it
@@ -288,6 +331,7 @@ class Dispatcher:
         call._token = None
         st, t0 = token
         self.in_flight -= 1
+        self.in_flight_bytes -= call._size
         interceptors = self.interceptors
         if interceptors:
             ctx_token = _current.set(call)
@@ -310,15 +354,25 @@ class Dispatcher:
                 return None, _NO_WAITERS
             try:
                 frame = reply_frame(call.id, result, codec)
-            except SerializationError as exc:
+                problem = None
+                if len(frame) > codec.max_message_size:
+                    problem = (
+                        f"result of {len(frame)} bytes exceeds the limit of {codec.max_message_size} bytes "
+                        "a caller accepts: return less, or stream it"
+                    )
+                elif self.check_replies and type(result) in _CONTAINERS:
+                    check_readable(frame, codec)  # as the caller's decoder will: refuse it here, not there
+            except (SerializationError, ProtocolError) as exc:
+                problem = f"result not sendable: {exc}"
+            if problem is None:
+                st.finished(t0, _OK)
+            else:
                 self.counters["errors"] += 1
-                log.error("reply to %r (call %d) cannot be encoded: %s", call.method, call.id, exc)
-                record = ErrorRecord.refusal(StatusCode.INTERNAL, f"result not sendable: {exc}")
+                log.error("reply to %r (call %d) not sent: %s", call.method, call.id, problem)
+                record = ErrorRecord.refusal(StatusCode.INTERNAL, problem)
                 record.type = "zcall.SerializationError"
                 st.finished(t0, _ERROR)
                 frame = error_frame(call.id, record, codec)
-            else:
-                st.finished(t0, _OK)
         else:
             record = self._record_for(call, error)
             self.counters["errors"] += 1
@@ -333,7 +387,14 @@ class Dispatcher:
         return frame, _NO_WAITERS
 
     def _record_for(self, call: CallContext, error: BaseException) -> ErrorRecord:
-        """The error record for how a call ended: refusals keep their code, handler failures are 1."""
+        """The error record for how a call ended: refusals keep their code, handler failures are 1.
+
+        Whatever a handler raises is its answer, ``SystemExit`` and ``KeyboardInterrupt`` included: a
+        remote call can never stop a server (stop it with ``stop()`` or a signal); those two are logged
+        as warnings."""
+        original = getattr(error, "original", None)
+        if original is not None and type(error).__name__ == "HandlerExit":
+            error = original
         if isinstance(error, Rejected):
             if error.code == StatusCode.DEADLINE_EXCEEDED:
                 self.counters["expired"] += 1

@@ -16,7 +16,7 @@ from typing import Any
 from .context import CallContext, _current
 from .dispatch import NEVER_AWAITABLE, Expired
 
-__all__ = ["run_plain", "run_queued", "run_to_completion", "task_context"]
+__all__ = ["HandlerExit", "guarded", "run_plain", "run_queued", "run_to_completion", "task_context"]
 
 _monotonic = time.monotonic
 
@@ -36,6 +36,23 @@ def run_queued(call: CallContext) -> Any:
     if deadline is not None and _monotonic() >= deadline:
         raise Expired
     return run_plain(call)
+
+
+class HandlerExit(Exception):
+    """A coroutine handler raised ``SystemExit`` or ``KeyboardInterrupt``: carried as an ordinary
+    exception, because an asyncio task re-raises those two out of the event loop (killing it)."""
+
+    def __init__(self, original: BaseException) -> None:
+        self.original = original
+        super().__init__(f"{type(original).__name__}: {original}")
+
+
+async def guarded(coro: Any) -> Any:
+    """Await a coroutine handler so that nothing it raises can stop the loop it runs on."""
+    try:
+        return await coro
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise HandlerExit(exc) from None
 
 
 def task_context(call: CallContext) -> contextvars.Context:

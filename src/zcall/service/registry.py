@@ -132,8 +132,18 @@ class Method:
 class Service:
     """A named set of callable methods; hand it to any zcall server or peer."""
 
-    def __init__(self, name: str = "zcall", *, interceptors: Sequence[ServerInterceptor] = ()) -> None:
+    def __init__(
+        self,
+        name: str = "zcall",
+        *,
+        interceptors: Sequence[ServerInterceptor] = (),
+        introspection: bool = True,
+    ) -> None:
+        """``introspection=False`` leaves out ``zcall.methods`` and ``zcall.stats`` (what the service has,
+        its metrics) and the pid and uptime in ``zcall.ping``; the probes (ping, health) stay. To allow
+        them to some callers only, use an interceptor keyed on ``call.caller_key`` instead."""
         self.name = name
+        self.introspection = introspection
         self._methods: dict[str, Method] = {}
         self.interceptors: tuple[ServerInterceptor, ...] = ()
         """Hooks around every call of this service, on every server that serves it (``add_interceptor``)."""
@@ -147,8 +157,9 @@ class Service:
         self._on_serving_changed: list[Callable[[bool], Any]] = []  # ROUTER servers' health events
         self._add_builtin("ping", self._ping, while_stopping=True)
         self._add_builtin("health", self._health, while_stopping=True)
-        self._add_builtin("methods", self._list_methods)
-        self._add_builtin("stats", self._stats)
+        if introspection:
+            self._add_builtin("methods", self._list_methods)
+            self._add_builtin("stats", self._stats)
 
     @property
     def serving(self) -> bool:
@@ -292,7 +303,9 @@ class Service:
     # -- built-ins --------------------------------------------------------------------------------
 
     def _ping(self) -> dict[str, Any]:
-        """Liveness check: the service name, its pid and uptime."""
+        """Liveness check: the service name, its pid and uptime (only the name without introspection)."""
+        if not self.introspection:
+            return {"service": self.name}
         return {"service": self.name, "pid": os.getpid(), "uptime": time.time() - self._started}
 
     def _health(self, service: str | None = None) -> dict[str, Any]:

@@ -33,7 +33,7 @@ IN_PROGRESS: Any = _InProgress()
 class ReplyCache:
     """Recent replies by request id, bounded by ``max_entries``, ``max_bytes`` and ``ttl`` seconds."""
 
-    __slots__ = ("max_entries", "max_bytes", "ttl", "_clock", "_entries", "_bytes", "counters")
+    __slots__ = ("max_entries", "max_bytes", "ttl", "max_waiters", "_clock", "_entries", "_bytes", "counters")
 
     def __init__(
         self,
@@ -41,16 +41,18 @@ class ReplyCache:
         max_entries: int = 10_000,
         max_bytes: int = 64 * 1024 * 1024,
         ttl: float = 60.0,
+        max_waiters: int = 8,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_entries = max_entries
+        self.max_waiters = max_waiters
         self.max_bytes = max_bytes
         self.ttl = ttl
         self._clock = clock
         # id -> [expires_at, frame or IN_PROGRESS, waiters (list of envelopes) or None]
         self._entries: OrderedDict[Hashable, list[Any]] = OrderedDict()
         self._bytes = 0
-        self.counters = {"hits": 0, "joined": 0, "evicted": 0, "expired": 0}
+        self.counters = {"hits": 0, "joined": 0, "evicted": 0, "expired": 0, "waiters_dropped": 0}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -76,13 +78,20 @@ class ReplyCache:
         self.counters["hits"] += 1
         return e[1]
 
-    def wait(self, rid: Hashable, waiter: Any) -> None:
-        """Remember someone else to answer when the running call ``rid`` completes (a resend)."""
+    def wait(self, rid: Hashable, waiter: Any) -> bool:
+        """Remember someone else to answer when the running call ``rid`` completes (a resend). At most
+        ``max_waiters`` per call: False (not remembered, counted) beyond that, since any one of them
+        answers the caller, and a peer resending without end must not grow memory."""
         e = self._entries.get(rid)
         if e is not None and e[1] is IN_PROGRESS:
             if e[2] is None:
                 e[2] = []
+            if len(e[2]) >= self.max_waiters:
+                self.counters["waiters_dropped"] += 1
+                return False
             e[2].append(waiter)
+            return True
+        return False
 
     def complete(self, rid: Hashable, frame: bytes) -> list[Any]:
         """Store the reply of ``rid``; returns the waiters that joined while it ran (to answer too)."""

@@ -1,21 +1,25 @@
 """The one ``MODULE:ATTR`` loader: what ``zcall serve``, a topology's ``target`` and ``python -m zcall.testing
 serve`` name, imported with errors that say what to do instead of a traceback.
 
-``ATTR`` may be dotted (``myapp.services:registry.pricing``). Like uvicorn, the current directory is
-importable while loading (a console script does not put it on ``sys.path`` by itself), so ``zcall serve
-app:service`` works from the directory that holds ``app.py``.
+``ATTR`` may be dotted (``myapp.services:registry.pricing``). The current directory is importable while
+loading (a console script does not put it on ``sys.path`` by itself), so ``zcall serve app:service``
+works from the directory that holds ``app.py``; it is *appended* to the path, after the standard
+library and installed packages, so a file there named like a standard module (``json.py``) never
+shadows it. ``check_own_code`` refuses what is not the user's own code (builtins, the standard
+library): ``zcall serve builtins:eval`` must not put ``eval`` on the network.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from typing import Any
 
 from ..service.registry import Service
 
-__all__ = ["TargetError", "load_service", "load_target", "split_target"]
+__all__ = ["TargetError", "check_own_code", "load_service", "load_target", "split_target"]
 
 
 class TargetError(ValueError):
@@ -39,7 +43,7 @@ def load_target(target: str, *, cwd_on_path: bool = True) -> Any:
     """
     module_name, attr = split_target(target)
     if cwd_on_path and os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+        sys.path.append(os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -59,6 +63,25 @@ def load_target(target: str, *, cwd_on_path: bool = True) -> Any:
             raise TargetError(f"{where} has no attribute {part!r} (looking up {target!r})") from None
         done.append(part)
     return obj
+
+
+def _top(module: str | None) -> str:
+    return (module or "").split(".")[0]
+
+
+def check_own_code(target: str, obj: Any) -> None:
+    """``TargetError`` unless ``obj`` (what ``target`` names) is the application's own code: not a
+    builtin, not the standard library's (those would serve ``eval``, ``os.system`` ... to the network),
+    not zcall's own (call it on anything but a ``Peer`` or ``Service``, which are served as they are)."""
+    module_name, _ = split_target(target)
+    stdlib = sys.stdlib_module_names
+    owner = getattr(obj, "__module__", None) if not isinstance(obj, type(sys)) else obj.__name__
+    foreign = stdlib | {"builtins", "zcall"}  # zcall's own objects serve as Peers or Services only
+    if _top(module_name) in foreign or inspect.isbuiltin(obj) or _top(owner) in foreign:
+        raise TargetError(
+            f"{target!r} is not your code (a builtin or the standard library's): zcall serve serves a Peer, "
+            "a Service, or the public methods of your own module, class or object"
+        )
 
 
 def load_service(target: str, *, cwd_on_path: bool = True) -> Service:

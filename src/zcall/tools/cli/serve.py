@@ -11,7 +11,7 @@ from typing import Any
 from ...engine.sockets import DEFAULT_BIND
 from ..ready import announce, check_name
 from ..serving import serve_until_stopped, stop_on_stdin_eof
-from ..targets import TargetError, load_target
+from ..targets import TargetError, check_own_code, load_target
 from .common import EXIT_OK, UsageError
 
 log = logging.getLogger("zcall.cli")
@@ -24,6 +24,12 @@ def _build_service(obj: Any, name: str) -> Any:
     if isinstance(obj, Service):
         return obj
     service = Service(name)
+    plain_object = hasattr(obj, "__dict__")
+    if not (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismodule(obj) or plain_object):
+        raise UsageError(
+            f"cannot serve a {type(obj).__name__}: give a Peer, a Service, a class, a function, a module or "
+            "an object with public methods"
+        )
     if inspect.isclass(obj):
         obj = obj()  # a handler class: serve a fresh instance's public methods
     if inspect.isfunction(obj) or inspect.isbuiltin(obj):
@@ -47,6 +53,8 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     security = _server_security(ns)
     try:
         obj = load_target(ns.target)
+        if not isinstance(obj, Peer | Service):
+            check_own_code(ns.target, obj)
     except TargetError as exc:
         raise UsageError(str(exc)) from None
     if isinstance(obj, Peer):
