@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+import zcall
 from helpers.cli_support import REPO_ROOT, TESTS_DIR, zcall_cli
-from zcall.testing import free_tcp_endpoint, spawn, spawn_server
-from zcall.tools.conform import load_vectors
+from zcall.testing import free_tcp_endpoint, running_server, spawn, spawn_server
+from zcall.tools.conform import load_vectors, run
 
 SERVICE = "helpers.services:service"
 OPTIONS = ["--retry-method", "incr", "--slow", "slow", "--json"]
@@ -73,6 +74,16 @@ def test_a_broken_server_fails_the_checks_it_breaks_and_passes_the_others() -> N
     passed = {k for k, v in got.items() if v["status"] == "pass"}
     assert {"reachable", "framing:req", "ids:max", "vector:ping"} <= passed
     assert "FAIL  vector:version-2" in human.stdout and "failed" in human.stdout.splitlines()[-1]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_service_without_introspection_passes_with_those_checks_skipped(kind: str) -> None:
+    svc = zcall.Service("quiet", introspection=False)
+    with running_server(svc, kind=kind) as server:  # type: ignore[arg-type]
+        results_, _ = run(server.endpoint, timeout=2.0)
+    assert [r.id for r in results_ if r.status == "fail"] == []
+    assert {"calls:methods", "stop:graceful"} <= {r.id for r in results_ if r.status == "skip"}
 
 
 @pytest.mark.timeout(30)
