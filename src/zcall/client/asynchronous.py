@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from ..engine import fork
 from ..engine.calls import CallTable, Slots
 from ..engine.channel import Channel, ChannelEvents
 from ..engine.liveness import DEFAULT_HEARTBEAT, Heartbeat, State
@@ -380,6 +381,9 @@ class AsyncClient(ClientCore, ChannelEvents):
         if self._closed:
             return
         loop = self._loop
+        if fork.inherited(loop):  # made before os.fork: its sockets are the parent's, not ours to close
+            self._closed = True
+            return
         if running_loop() is loop or loop.is_closed() or not loop.is_running():
             # on the loop, or nobody runs it (an asyncio client closed after its loop finished): no
             # other thread can be using the sockets, so close them right here
@@ -391,7 +395,7 @@ class AsyncClient(ClientCore, ChannelEvents):
                 self._closed = True
         if self._uses_engine:
             self._uses_engine = False
-            engine.release()
+            engine.release(loop)
 
     async def aclose(self) -> None:
         """``close()`` for asyncio code."""
@@ -446,9 +450,9 @@ class AsyncClient(ClientCore, ChannelEvents):
             self._inbox_scheduled = True
             try:
                 self._loop.call_soon_threadsafe(self._drain_inbox)
-            except RuntimeError:  # loop closed
+            except RuntimeError as exc:  # loop closed, or inherited across os.fork (the text says which)
                 self._inbox_scheduled = False
-                raise ClientClosed("AsyncClient's loop is closed") from None
+                raise ClientClosed(f"AsyncClient's loop is closed: {exc}") from None
 
     def _drain_inbox(self) -> None:
         self._inbox_scheduled = False

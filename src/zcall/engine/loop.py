@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from . import fork
+
 __all__ = ["Engine", "engine", "on_loop", "run_on", "running_loop"]
 
 log = logging.getLogger("zcall.engine")
@@ -53,9 +55,14 @@ class Engine:
             self._users += 1
             return self._loop
 
-    def release(self) -> None:
-        """One user fewer; the last one stops the loop thread (joined unless called from it)."""
+    def release(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """One user fewer; the last one stops the loop thread (joined unless called from it).
+
+        ``loop``: the loop that user got from ``acquire``; a release for another one (a loop inherited
+        across ``os.fork``, see ``engine.fork``) is ignored, so it cannot stop the child's own engine."""
         with self._lock:
+            if loop is not None and loop is not self._loop:
+                return
             self._users -= 1
             if self._users > 0 or self._loop is None:
                 return
@@ -75,6 +82,14 @@ class Engine:
             loop.call_soon_threadsafe(loop.stop)
             if thread is not threading.current_thread():
                 thread.join(10)  # type: ignore[union-attr]
+
+    def _reset_after_fork(self) -> asyncio.AbstractEventLoop | None:
+        """In a forked child: forget the parent's loop (its thread did not survive); returns it."""
+        loop = self._loop
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._loop = self._thread = None
+        self._users = 0
+        return loop
 
     def _run(self, loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
         asyncio.set_event_loop(loop)
@@ -105,6 +120,7 @@ engine = Engine()
 """The process-wide engine."""
 
 atexit.register(engine.stop)
+fork.install()  # a forked child gets a fresh engine, and a clear error from the parent's objects
 
 
 def run_on(loop: asyncio.AbstractEventLoop, fn: Callable[..., T], *args: Any, timeout: float = 30.0) -> T:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from ..engine import fork
 from ..engine.liveness import DEFAULT_HEARTBEAT, Heartbeat
 from ..engine.loop import engine, on_loop, run_on, running_loop
 from ..engine.reader import Reader
@@ -59,6 +60,7 @@ from ..service.invoke import guarded, run_plain, run_queued, task_context
 from ..service.registry import Service
 from ..service.replycache import ReplyCache
 from .events import Subscribers
+from .health import HealthEvents
 from .lifecycle import DEFAULT_GRACE, Lifecycle
 
 if TYPE_CHECKING:
@@ -131,6 +133,7 @@ class AsyncServer(Lifecycle):
         self._flush_scheduled = False
         self._send_errno: int | None = 0  # errno of the last failed _send (EAGAIN: slow, EHOSTUNREACH: gone)
         self.counters = {"undeliverable": 0, "events_sent": 0, "batches_received": 0, "batches_sent": 0}
+        self._health: HealthEvents | None = None
 
     # -- properties --------------------------------------------------------------------------------
 
@@ -176,7 +179,7 @@ class AsyncServer(Lifecycle):
         """Stop accepting, let in-flight calls finish within ``grace`` seconds, then close."""
         self._wake_forever()
         loop = self._loop
-        if loop is None:
+        if loop is None or fork.inherited(loop):  # not started, or started before os.fork: the parent's
             self._done.set()
             return
         if running_loop() is loop:
@@ -189,7 +192,7 @@ class AsyncServer(Lifecycle):
         self._done.wait(grace + 10)
         if self._uses_engine:
             self._uses_engine = False
-            engine.release()
+            engine.release(loop)
 
     def _hurry(self) -> None:
         loop, idle = self._loop, self._idle
@@ -226,6 +229,8 @@ class AsyncServer(Lifecycle):
             if self._closed is not None:
                 await self._closed.wait()
             return
+        if self._health is not None:
+            self._health.stopping()  # NOT_SERVING pushed to watchers before anything is refused
         self._closing = True
         d = self._dispatch
         d.stopping = True
@@ -327,6 +332,7 @@ class AsyncServer(Lifecycle):
         self._closed = asyncio.Event()
         self._reader = Reader(loop, sock, self._on_message, keep_frames=True)
         self._reader.start()
+        self._health = HealthEvents(self.service, self.publish)
         log.info("async server %r listening on %s", self.service.name, self._endpoint)
 
     def _send(self, envelope: list[bytes], body: bytes) -> bool:

@@ -153,14 +153,28 @@ class Service:
         self.metrics = Metrics()
         """Per-method call metrics, recorded by every server that serves this service."""
         self._servers: weakref.WeakSet[Any] = weakref.WeakSet()  # their dispatchers, for counters
-        self.serving = True
-        """False marks this service NOT_SERVING in ``zcall.health`` (e.g. while a dependency is down);
-        every server also reports NOT_SERVING from the moment its graceful stop begins."""
+        self._serving = True
+        self._on_serving_changed: list[Callable[[bool], Any]] = []  # ROUTER servers' health events
         self._add_builtin("ping", self._ping, while_stopping=True)
         self._add_builtin("health", self._health, while_stopping=True)
         if introspection:
             self._add_builtin("methods", self._list_methods)
             self._add_builtin("stats", self._stats)
+
+    @property
+    def serving(self) -> bool:
+        """False marks this service NOT_SERVING in ``zcall.health`` (e.g. while a dependency is down);
+        every server also reports NOT_SERVING from the moment its graceful stop begins. A change is
+        pushed as a ``zcall.health`` event by the ROUTER servers serving this service."""
+        return self._serving
+
+    @serving.setter
+    def serving(self, value: bool) -> None:
+        changed = bool(value) != self._serving
+        self._serving = bool(value)
+        if changed:
+            for notify in list(self._on_serving_changed):
+                notify(self._serving)
 
     # -- registration ------------------------------------------------------------------------------
 

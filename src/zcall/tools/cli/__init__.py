@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import zmq
 
 from ..targets import load_target
-from . import calls, keygen, mesh, serve
+from . import calls, conform, keygen, mesh, serve
 from .calls import fetch_stats, render_stats
 from .common import (
     EXIT_ERROR,
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"zcall {__version__} (pyzmq {zmq.__version__})"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command_group in (serve, calls, keygen, mesh):  # one module per job; their order is --help's
+    for command_group in (serve, calls, keygen, mesh, conform):  # one module per job; their order is --help's
         command_group.add_parsers(sub, fmt)
     return parser
 

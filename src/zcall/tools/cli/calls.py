@@ -151,6 +151,10 @@ def cmd_ls(ns: argparse.Namespace) -> int:
 def cmd_ping(ns: argparse.Namespace) -> int:
     from ...client.sync import SyncClient
 
+    if getattr(ns, "wait", None) is not None:  # readiness: until SERVING (zcall.tools.cli.probe)
+        from .probe import cmd_ping_wait
+
+        return cmd_ping_wait(ns, _client_security(ns))
     eps = endpoints(ns.endpoint)
     if ns.count < 1:
         raise UsageError("--count must be at least 1")
@@ -240,6 +244,10 @@ def cmd_stats(ns: argparse.Namespace) -> int:
 
     eps = endpoints(ns.endpoint)
     security = _client_security(ns)
+    if getattr(ns, "prometheus", False):  # text exposition format (zcall.tools.cli.exposition)
+        from .exposition import cmd_stats_prometheus
+
+        return cmd_stats_prometheus(ns, security)
     if ns.watch is not None and ns.watch <= 0:
         raise UsageError("--watch takes a positive number of seconds")
 
@@ -315,6 +323,11 @@ def add_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument(
         "--timeout", type=float, default=2.0, metavar="S", help="seconds to wait per ping (default 2)"
     )
+    p.add_argument(
+        "--wait", type=float, default=None, metavar="S",
+        help="readiness: wait up to S s for zcall.health to say SERVING (exit 0; 3 no answer, 1 not serving)",
+    )
+    p.add_argument("--service", default=None, metavar="NAME", help="with --wait: this service's health")
     _add_client_security(p)
     p.set_defaults(func=cmd_ping)
 
@@ -324,6 +337,9 @@ def add_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         "--watch", type=float, default=None, metavar="S", help="refresh every S seconds until Ctrl-C"
     )
     p.add_argument("--json", action="store_true", help="print zcall.stats' raw answer as JSON")
+    p.add_argument(
+        "--prometheus", action="store_true", help="print it in Prometheus text format (zcall[prometheus])"
+    )
     p.add_argument("--timeout", type=float, default=5.0, metavar="S")
     _add_client_security(p)
     p.set_defaults(func=cmd_stats)

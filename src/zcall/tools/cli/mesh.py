@@ -15,6 +15,10 @@ def cmd_launch(ns: argparse.Namespace) -> int:
         topology = load_topology(ns.topology)
     except TopologyError as exc:
         raise UsageError(str(exc)) from None
+    if getattr(ns, "export", None) is not None:  # write manifests instead of launching
+        from ..launch.kubernetes import export_command
+
+        return export_command(topology, ns)
     launcher = Launcher(topology, show_output=not ns.quiet)
     if ns.dry_run:
         for pp in topology.peers:
@@ -47,6 +51,9 @@ def add_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     )
     p.add_argument("--quiet", "-q", action="store_true", help="do not relay the peers' own output")
     p.add_argument("--dry-run", action="store_true", help="check the topology and print what would start")
+    from ..launch.kubernetes import add_export_arguments
+
+    add_export_arguments(p)
     p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser(

@@ -27,6 +27,7 @@ from typing import IO
 from ...client.sync import SyncClient
 from ...errors import ZcallError
 from ...server.signals import StopSignal
+from ..health import wait_serving
 from ..process import ProcessHandle, SpawnError, start, stop_all
 from .topology import PeerSpec, Topology
 
@@ -389,19 +390,12 @@ class Launcher:
             from ...security import ClientSecurity
 
             security = ClientSecurity(pp.spec.curve_secret, pp.spec.curve_secret)
-        client = SyncClient(pp.endpoint, timeout=max(0.2, min(2.0, remaining)), security=security)
-        try:
-            while True:
-                try:
-                    pong = client.call("zcall.ping")
-                    break
-                except ZcallError as exc:
-                    if time.monotonic() >= deadline or not pp.alive():
-                        raise LaunchError(
-                            f"peer {pp.name!r} at {pp.endpoint} does not answer zcall.ping: {exc}"
-                        ) from None
-        finally:
-            client.close()
+        try:  # up means SERVING (zcall.health), as a container probe would see it: zcall.tools.health
+            wait_serving(pp.endpoint, max(0.2, remaining), security=security)
+            with SyncClient(pp.endpoint, timeout=max(0.2, min(2.0, remaining)), security=security) as c:
+                pong = c.call("zcall.ping")  # whose pid answers
+        except ZcallError as exc:
+            raise LaunchError(f"peer {pp.name!r} at {pp.endpoint} is not serving: {exc}") from None
         if isinstance(pong, dict) and pong.get("pid") not in (None, pp.pid):
             raise LaunchError(
                 f"{pp.endpoint} is answered by pid {pong.get('pid')}, not peer {pp.name!r} (pid {pp.pid}): "
