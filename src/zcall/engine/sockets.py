@@ -97,6 +97,10 @@ class EndpointError(ValueError):
     """An endpoint zcall cannot use as written; the message names it, says what is wrong and shows the
     right form (raised before any socket sees it, by every client, server and peer)."""
 
+    def __init__(self, message: str, endpoint: object = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+
 
 _TRANSPORTS = ("tcp", "ipc", "inproc", "ws", "wss", "tipc", "vmci")
 """The transports libzmq knows for the socket types zcall uses; tcp, ipc and inproc are checked in full."""
@@ -151,11 +155,12 @@ def check_endpoint(endpoint: object, *, bind: bool = False) -> str:
     if not isinstance(endpoint, str):
         raise EndpointError(
             f"expected an endpoint like 'tcp://127.0.0.1:5555' (a str), got {type(endpoint).__name__} "
-            f"{endpoint!r}"
+            f"{endpoint!r}",
+            endpoint,
         )
     problem = _endpoint_problem(endpoint, bind)
     if problem is not None:
-        raise EndpointError(f"bad endpoint {endpoint!r}: {problem}")
+        raise EndpointError(f"bad endpoint {endpoint!r}: {problem}", endpoint)
     return endpoint
 
 
@@ -168,6 +173,7 @@ def normalize_endpoints(endpoints: str | Sequence[str], *, bind: bool = False) -
         eps = [endpoints]  # type: ignore[list-item]  # check_endpoint says what it is instead
     if not eps:
         raise EndpointError(
-            f"expected an endpoint like 'tcp://127.0.0.1:5555' or a list of them, got {endpoints!r}"
+            f"expected an endpoint like 'tcp://127.0.0.1:5555' or a list of them, got {endpoints!r}",
+            endpoints,
         )
     return [check_endpoint(e, bind=bind) for e in eps]

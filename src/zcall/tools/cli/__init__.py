@@ -1,11 +1,12 @@
 """The ``zcall`` command line: serve a service or peer, call it, inspect it, launch a mesh, run the demo.
 
 One module per command group: ``serve`` (zcall serve), ``calls`` (call, ls, ping, stats), ``keygen``,
-``mesh`` (launch, demo); ``common`` holds the exit codes, the usage error and the error reporting.
+``mesh`` (launch, ps, demo); ``common`` holds the exit codes, the usage error and the error reporting.
 
 Exit codes (every command): 0 success; 1 the call failed (remote error, refused, lost) or a launch
-failed; 2 bad usage (argparse's code; also a bad endpoint or target); 3 no reply in time (nothing
-answered at that endpoint); 130 interrupted by Ctrl-C during a one-shot command.
+failed; 2 bad usage (argparse's code; also a bad endpoint, target or @NAME); 3 no reply in time;
+130 interrupted by Ctrl-C (a one-shot command, or ``zcall launch``: SIGTERM stops it with 0). ``zcall
+serve`` treats Ctrl-C and SIGTERM alike as its normal stop: 0.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 
 import zmq
 
+from ...engine.sockets import EndpointError
 from ..targets import load_target
 from . import calls, keygen, mesh, serve
 from .calls import fetch_stats, render_stats
@@ -28,6 +30,7 @@ from .common import (
     EXIT_USAGE,
     UsageError,
     err,
+    report_json,
 )
 
 __all__ = [
@@ -60,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  zcall call tcp://127.0.0.1:5555 double 10\n"
             "  zcall ls tcp://127.0.0.1:5555\n"
             "  zcall launch mesh.toml\n"
+            "  zcall call @api deposit alice 100             # a launched peer, by name (zcall ps)\n"
             "exit codes: 0 ok, 1 call failed, 2 bad usage, 3 no reply in time, 130 interrupted"
         ),
         formatter_class=fmt,
@@ -88,13 +92,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    json_errors = bool(getattr(ns, "json", False))
     try:
         return int(ns.func(ns))
-    except UsageError as exc:
+    except (UsageError, EndpointError) as exc:  # EndpointError: a bad --bind/--peer, found on binding
+        if json_errors:
+            report_json(exc, EXIT_USAGE)
+            return EXIT_USAGE
         parser.exit(EXIT_USAGE, f"zcall {ns.command}: error: {exc}\n")
     except OSError as exc:  # e.g. cannot bind: address in use
-        err(f"zcall {ns.command}: error: {exc}")
+        if json_errors:
+            report_json(exc, EXIT_ERROR)
+        else:
+            err(f"zcall {ns.command}: error: {exc}")
         return EXIT_ERROR
+    except KeyboardInterrupt as exc:  # outside a command's own handling (e.g. while importing a target)
+        if json_errors:
+            report_json(exc, EXIT_INTERRUPTED, message="interrupted")
+        else:
+            err("interrupted")
+        return EXIT_INTERRUPTED
     return EXIT_OK  # pragma: no cover - parser.exit raises
 
 
