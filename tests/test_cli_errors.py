@@ -85,6 +85,7 @@ def test_a_slow_server_is_told_from_a_missing_one(served: ProcessHandle, unused_
         ["ls", "tcp://localhost:x"],
         ["ping", "tcp://localhost:x"],
         ["stats", "tcp://localhost:x"],
+        ["stubs", "tcp://localhost:x"],
         ["serve", "helpers.services:service", "--bind", "tcp://localhost:x"],
         ["serve", "helpers.services:service", "--peer", "other=tcp://localhost:x"],
     ],

@@ -1,7 +1,8 @@
 """The ``zcall`` command line: serve a service or peer, call it, inspect it, launch a mesh, run the demo.
 
-One module per command group: ``serve`` (zcall serve), ``calls`` (call, ls, ping, stats), ``keygen``,
-``mesh`` (launch, ps, demo); ``common`` holds the exit codes, the usage error and the error reporting.
+One module per command group: ``serve`` (zcall serve), ``calls`` (call, ls, ping, stats), ``stubs``,
+``keygen``, ``mesh`` (launch, ps, demo); ``common`` holds the exit codes, the usage error and the error
+reporting.
 
 Exit codes (every command): 0 success; 1 the call failed (remote error, refused, lost) or a launch
 failed; 2 bad usage (argparse's code; also a bad endpoint, target or @NAME); 3 no reply in time;
@@ -20,7 +21,7 @@ import zmq
 
 from ...engine.sockets import EndpointError
 from ..targets import load_target
-from . import calls, keygen, mesh, serve
+from . import calls, keygen, mesh, serve, stubs
 from .calls import fetch_stats, render_stats
 from .common import (
     EXIT_ERROR,
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  zcall serve myapp:service --bind tcp://127.0.0.1:5555\n"
             "  zcall call tcp://127.0.0.1:5555 double 10\n"
             "  zcall ls tcp://127.0.0.1:5555\n"
+            "  zcall stubs tcp://127.0.0.1:5555 -o myapp_api.py   # typed Protocols for mypy and IDEs\n"
             "  zcall launch mesh.toml\n"
             "  zcall call @api deposit alice 100             # a launched peer, by name (zcall ps)\n"
             "exit codes: 0 ok, 1 call failed, 2 bad usage, 3 no reply in time, 130 interrupted"
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"zcall {__version__} (pyzmq {zmq.__version__})"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command_group in (serve, calls, keygen, mesh):  # one module per job; their order is --help's
+    for command_group in (serve, calls, stubs, keygen, mesh):  # one module per job; their order is --help's
         command_group.add_parsers(sub, fmt)
     return parser
 
