@@ -108,7 +108,7 @@ def test_a_malformed_endpoint_in_json() -> None:
 @pytest.mark.parametrize("extra", [[], ["--async"]], ids=["req", "dealer"])
 def test_ctrl_c_during_a_call_exits_130(served: ProcessHandle, extra: list[str]) -> None:
     tag = f"ctrlc{len(extra)}"
-    argv = [sys.executable, "-m", "zcall", "call", *extra, served.endpoint, "slow", "5", tag]
+    argv = [sys.executable, "-m", "zcall", "call", *extra, served.endpoint, "slow", "2", tag]
     with start(argv, env=child_env(), cwd=REPO_ROOT) as cli:
         served.expect(f"SLOW START {tag}", timeout=20)  # the call is running in the server
         cli.send_signal(signal.SIGINT)
