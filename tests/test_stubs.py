@@ -189,3 +189,22 @@ def test_stubs_to_stdout_and_for_a_missing_server(served: ProcessHandle, unused_
     compile(r.stdout, "stub", "exec")
     r = zcall_cli("stubs", unused_tcp_endpoint, "--timeout", "0.3")
     assert r.returncode == 3 and "is a zcall server running there?" in r.stderr
+
+
+def test_a_name_that_is_also_a_prefix_and_trusted_types() -> None:
+    """``stock`` is a method and the prefix of ``stock.count``: its Protocol is callable too. A module
+    named with ``--import-types`` keeps its annotations (the stub imports it)."""
+    methods = [
+        {"name": "stock", "signature": "() -> dict[str, int]"},
+        {"name": "stock.count", "signature": "(sku: str) -> int"},
+        {"name": "place", "signature": "(order: shop.models.Order) -> shop.models.Order"},
+        {"name": "zcall.ping", "signature": "() -> dict"},
+    ]
+    text = render_stubs([ServiceListing("shop", methods)], import_types=["shop.models"])
+    assert "class ShopStock(_Protocol):" in text
+    assert "    def __call__(self) -> dict[str, int]:" in text
+    assert "    def count(self, sku: str) -> int:" in text
+    assert "def place(self, order: shop.models.Order) -> shop.models.Order:" in text
+    assert "\nimport shop.models\n" in text
+    untrusted = render_stubs([ServiceListing("shop", methods)])
+    assert "def place(self, order: _Any) -> _Any:" in untrusted and "import shop" not in untrusted
