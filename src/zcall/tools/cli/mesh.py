@@ -71,7 +71,9 @@ def add_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         description=(
             "Start each [[peer]] of TOPOLOGY as its own process ('python -m zcall serve ...'), wait until\n"
             "all answer zcall.ping, print a table and 'LAUNCHED', then supervise: restart crashed peers\n"
-            "per their 'restart' policy; Ctrl-C or SIGTERM stops them all. The format: zcall.tools.launch."
+            "per their 'restart' policy, at most 'max_restarts' times; Ctrl-C stops them all (exit 130),\n"
+            "SIGTERM too (exit 0). A state file kept current on every change lets 'zcall call @NAME ...'\n"
+            "and 'zcall ps' find the peers: zcall.tools.launch.state. The format: zcall.tools.launch."
         ),
         formatter_class=fmt,
     )
