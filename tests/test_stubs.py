@@ -3,6 +3,7 @@ and the same calls work at runtime. The server, the CLI, mypy and the program ar
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -205,6 +206,35 @@ def test_a_name_that_is_also_a_prefix_and_trusted_types() -> None:
     assert "    def __call__(self) -> dict[str, int]:" in text
     assert "    def count(self, sku: str) -> int:" in text
     assert "def place(self, order: shop.models.Order) -> shop.models.Order:" in text
-    assert "\nimport shop.models\n" in text
+    assert "\n    import shop.models\n" in text  # under TYPE_CHECKING
     untrusted = render_stubs([ServiceListing("shop", methods)])
     assert "def place(self, order: _Any) -> _Any:" in untrusted and "import shop" not in untrusted
+
+
+def test_a_hostile_listing_cannot_put_code_in_the_stub() -> None:
+    """Whatever a server reports, the stub is only classes, ``...`` bodies and typing-time imports:
+    names that are not identifiers are left out, text goes into escaped docstrings, annotations that
+    are not plain type expressions become Any. Importing it runs no call at all."""
+    evil = 'x): pass\nimport os; os.system("echo pwned") #'
+    methods = [
+        {"name": "ok", "signature": "(a: int) -> int", "docstring": 'ends here """; import os; """',
+         "params": [{"name": evil, "kind": "positional_or_keyword", "annotation": "int", "default": None}]},
+        {"name": "typed", "signature": "(a: __import__('os').system('x')) -> int", "params": [
+            {"name": "a", "kind": "positional_or_keyword", "annotation": "__import__('os').system('x')",
+             "default": None}], "returns": "antigravity.fly"},
+        {"name": "bad\nimport os", "signature": "()"},
+        {"name": "kind", "signature": "()", "params": [{"name": "a", "kind": "code()", "annotation": None}]},
+    ]
+    text = render_stubs([ServiceListing('svc """ import os', methods, 'tcp://x """')])
+    tree = ast.parse(text)
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.Call)], text
+    runtime_imports = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+    assert all(isinstance(n, ast.ImportFrom) and n.module in ("__future__", "typing")
+               for n in runtime_imports)
+    assert "def ok(self, *args: _Any, **kwargs: _Any) -> int:" in text  # the bad parameter list: dropped
+    assert "def typed(self, a: _Any) -> antigravity.fly:" in text  # a call is no annotation
+    assert "\n    import antigravity\n" in text  # a stdlib name, imported for type checkers only
+    assert "'bad\\nimport os'" in text  # named in a comment, escaped
+    namespace: dict = {}
+    exec(compile(text, "stub", "exec"), namespace)  # importing it: classes, nothing else
+    assert {"SvcImportOs", "AsyncSvcImportOs", "FutureSvcImportOs"} <= set(namespace)

@@ -15,9 +15,12 @@ the proxy with ``typing.cast``: ``api = cast(Inventory, client.proxy)``.
 
 Signatures come from ``zcall.methods``: each parameter's kind, annotation and whether it has a default
 (``params``; older servers: parsed from the ``signature`` text). An annotation is kept when a type
-checker can resolve it from the stub alone: builtins, and names from the standard library (imported by
-the stub); ``--import-types MODULE`` trusts a module of your own (the stub imports it). Anything else
-(a server-side class the client may not have) is ``Any``, and the docstring says what the server has.
+checker can resolve it from the stub alone: builtins, and names from the standard library;
+``--import-types MODULE`` trusts a module of your own. Anything else (a server-side class the client may
+not have) is ``Any``, and the docstring says what the server has. The modules an annotation names are
+imported under ``TYPE_CHECKING`` only, and nothing the server reports is written into the stub
+unchecked (names must be identifiers, annotations plain type expressions, text goes into escaped
+docstrings), so importing a stub runs no call.
 Built-ins (``zcall.*``) are left out; they stay callable through the proxy.
 """
 
@@ -26,7 +29,7 @@ from __future__ import annotations
 import argparse
 import ast
 import builtins
-import importlib
+import importlib.util
 import keyword
 import os
 import re
@@ -126,19 +129,30 @@ class _Types:
         for m in self.trusted:
             if dotted == m or dotted.startswith(m + "."):
                 return m
-        top = dotted.split(".")[0]
-        if top not in sys.stdlib_module_names:
-            return None
         parts = dotted.split(".")
-        found = None
-        for i in range(1, len(parts)):
+        if parts[0] not in sys.stdlib_module_names:
+            return None
+        # Which prefix is the module, found without running it (a server chooses these names): a
+        # plain module has no submodules, and a package's own __init__ is all find_spec runs.
+        try:
+            spec = importlib.util.find_spec(parts[0])
+        except (ImportError, ValueError):
+            return None
+        if spec is None:
+            return None
+        found = parts[0]
+        for i in range(2, len(parts)):
+            if spec.submodule_search_locations is None:
+                break
             candidate = ".".join(parts[:i])
             try:
-                importlib.import_module(candidate)
-            except ImportError:
+                spec = importlib.util.find_spec(candidate)
+            except (ImportError, ValueError):
+                break
+            if spec is None:
                 break
             found = candidate
-        return found
+        return found if len(parts) > 1 else None
 
     def _resolvable(self, node: ast.expr, needed: set[str], *, in_literal: bool) -> bool:
         if isinstance(node, ast.Constant):
@@ -190,6 +204,15 @@ def _dotted(node: ast.expr) -> str | None:
 # -- signatures -------------------------------------------------------------------------------------
 
 
+_KINDS = frozenset(
+    ("positional_only", "positional_or_keyword", "var_positional", "keyword_only", "var_keyword")
+)
+
+
+def _identifier(name: object) -> bool:
+    return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
+
+
 def _params(method: dict[str, Any]) -> list[_Param] | None:
     """A method's parameters: from ``params`` when the server sends them, else parsed from its
     ``signature`` text; None when neither says (``(...)``: any arguments)."""
@@ -197,10 +220,14 @@ def _params(method: dict[str, Any]) -> list[_Param] | None:
     if isinstance(raw, list):
         out = []
         for p in raw:
-            if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+            if not isinstance(p, dict):
                 return None
-            kind = str(p.get("kind", "positional_or_keyword"))
-            out.append(_Param(p["name"], kind, p.get("annotation"), p.get("default") is not None))
+            name, annotation = p.get("name"), p.get("annotation")
+            kind = p.get("kind", "positional_or_keyword")
+            if not isinstance(name, str) or not _identifier(name) or kind not in _KINDS:
+                return None  # what the server sent is never written into the stub unchecked
+            ann = annotation if isinstance(annotation, str) else None
+            out.append(_Param(name, kind, ann, p.get("default") is not None))
         return out
     text = method.get("signature")
     if not isinstance(text, str) or text.strip() in ("", "(...)"):
@@ -420,6 +447,9 @@ def render_stubs(
     """The text of a stub module for ``services`` (``names`` overrides each service's class name)."""
     from ... import __version__
 
+    for m in import_types:
+        if not all(_identifier(part) for part in m.split(".")):
+            raise ValueError(f"--import-types {m!r} is not a module name")
     types = _Types(import_types)
     r = _Renderer(types)
     exported: list[str] = []
@@ -432,35 +462,48 @@ def render_stubs(
             exported.append(r.protocol(prefix + base, tree, face, [], svc.name))
         bases.append((base, svc))
     example = bases[0][0] if bases else "Service"
+    about = "\n".join(
+        [
+            f"Typed interfaces of zcall services, written by `zcall stubs{' ' + source if source else ''}` "
+            f"(zcall {__version__}) from",
+            "what the servers report in zcall.methods. Regenerate it rather than edit it.",
+            "",
+            *[f"- {b}, Async{b}, Future{b}: service {s.name!r} at {s.endpoint or '?'}" for b, s in bases],
+            "",
+            "Type a proxy with typing.cast; mypy then checks every call made through it::",
+            "",
+            f"    api = cast({example}, zcall.SyncClient(endpoint).proxy)          # blocking",
+            f"    aapi = cast(Async{example}, zcall.AsyncClient(endpoint).proxy)   # await aapi.method(...)",
+            f"    fapi = cast(Future{example}, zcall.AsyncClient(endpoint).proxy_async)  # futures",
+            "",
+            "Importing this module runs no call and imports nothing but typing: the annotations are for",
+            "type checkers only (the modules they name are imported under TYPE_CHECKING).",
+        ]
+    )
     header = [
-        '"""Typed interfaces of zcall services, written by `zcall stubs'
-        + (f" {source}" if source else "")
-        + f"` (zcall {__version__}) from",
-        "what the servers report in zcall.methods. Regenerate it rather than edit it.",
-        "",
-        *[f"- {b}, Async{b}, Future{b}: service {s.name!r} at {s.endpoint or '?'}" for b, s in bases],
-        "",
-        "Type a proxy with typing.cast; mypy then checks every call made through it::",
-        "",
-        f"    api = cast({example}, zcall.SyncClient(endpoint).proxy)              # blocking",
-        f"    aapi = cast(Async{example}, zcall.AsyncClient(endpoint).proxy)       # await aapi.method(...)",
-        f"    fapi = cast(Future{example}, zcall.AsyncClient(endpoint).proxy_async)  # futures, callbacks",
-        '"""',
+        *_doc(about, ""),
         "",
         "from __future__ import annotations",
         "",
-        *sorted(
-            ["import concurrent.futures as _futures", *[f"import {m}" for m in types.imports]],
-            key=lambda line: line.split()[1],
-        ),
-        "from collections.abc import Callable as _Callable",
-        "from typing import Any as _Any",
+        "from typing import TYPE_CHECKING",
         "from typing import Protocol as _Protocol",
+        "",
+        "if TYPE_CHECKING:",
+        *[
+            f"    {line}"
+            for line in sorted(
+                ["import concurrent.futures as _futures", *[f"import {m}" for m in types.imports]],
+                key=lambda line: line.split()[1],
+            )
+        ],
+        "    from collections.abc import Callable as _Callable",
+        "    from typing import Any as _Any",
         "",
         f"__all__ = {sorted(exported)!r}",
     ]
     if skipped:
-        header += ["", f"# not Python identifiers, call with client.call(NAME, ...): {', '.join(skipped)}"]
+        names = ", ".join(repr(n) for n in skipped)
+        header += ["", f"# not Python identifiers, call them with client.call(NAME, ...): {names}"]
     body = []
     for cls in r.classes:
         body += ["", "", *cls]
@@ -479,8 +522,11 @@ def cmd_stubs(ns: argparse.Namespace) -> int:
     if ns.name and len(ns.name) > len(groups):
         raise UsageError(f"{len(ns.name)} --name for {len(groups)} ENDPOINT(s): at most one per endpoint")
     for n in ns.name or ():
-        if not n.isidentifier() or keyword.iskeyword(n):
+        if not _identifier(n):
             raise UsageError(f"--name {n!r} is not a Python class name")
+    for m in ns.import_types:
+        if not all(_identifier(part) for part in m.split(".")):
+            raise UsageError(f"--import-types {m!r} is not a module name like myapp.models")
     security = _client_security(ns)
 
     def go() -> int:
