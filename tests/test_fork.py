@@ -140,7 +140,7 @@ def test_objects_made_before_the_fork_fail_at_once_in_the_child_and_close_quietl
         failed_in = time.monotonic() - t0
         t1 = time.monotonic()
         client.close()  # the parent's: only marked closed here
-        server.stop()   # likewise: the parent keeps serving
+        server.stop()  # likewise: the parent keeps serving
         closed_in = time.monotonic() - t1
         with zcall.AsyncClient(server.endpoint, timeout=5) as fresh:  # and a new one works
             answer = fresh.call_async("whoami", 2).result(10)

@@ -89,10 +89,14 @@ def test_the_manifests_are_valid_kubernetes_objects(topology_file: tuple[Path, P
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)  # raises on any schema violation
     objs = by_kind(docs)
     assert set(objs) == {
-        ("Deployment", "zcall-calc"), ("Service", "zcall-calc"),
-        ("Deployment", "zcall-gateway"), ("Service", "zcall-gateway"),
-        ("Pod", "zcall-store"), ("Service", "zcall-store"),  # restart = "no": a Pod that stays down
-        ("Secret", "zcall-calc-curve"), ("Secret", "zcall-gateway-curve"),
+        ("Deployment", "zcall-calc"),
+        ("Service", "zcall-calc"),
+        ("Deployment", "zcall-gateway"),
+        ("Service", "zcall-gateway"),
+        ("Pod", "zcall-store"),
+        ("Service", "zcall-store"),  # restart = "no": a Pod that stays down
+        ("Secret", "zcall-calc-curve"),
+        ("Secret", "zcall-gateway-curve"),
         *[k for k in objs if k[0] == "ConfigMap"],
     }
     assert len([k for k in objs if k[0] == "ConfigMap"]) == 1  # one public-key directory
@@ -156,8 +160,9 @@ class LocalCluster:
 
     def __init__(self, docs: list[dict[str, Any]], tmp: Path, keys: Path, workdir_host: Path) -> None:
         self.objs = by_kind(docs)
-        self.ports = {name: free_tcp_endpoint().rsplit(":", 1)[1] for (kind, name) in self.objs
-                      if kind == "Service"}
+        self.ports = {
+            name: free_tcp_endpoint().rsplit(":", 1)[1] for (kind, name) in self.objs if kind == "Service"
+        }
         self.sync_ports = {name: free_tcp_endpoint().rsplit(":", 1)[1] for name in self.ports}
         self.tmp, self.keys, self.workdir_host = tmp, keys, workdir_host
 

@@ -40,10 +40,20 @@ def chain() -> Iterator[list[ProcessHandle]]:
     started: list[ProcessHandle] = []
     try:
         started.append(spawn([PEERS, "--serve", "c"], cwd=REPO_ROOT, pythonpath=[REPO_ROOT / "tests"]))
-        started.append(spawn([PEERS, "--serve", "b", "--next", started[-1].endpoint], cwd=REPO_ROOT,
-                             pythonpath=[REPO_ROOT / "tests"]))
-        started.append(spawn([PEERS, "--serve", "a", "--next", started[-1].endpoint], cwd=REPO_ROOT,
-                             pythonpath=[REPO_ROOT / "tests"]))
+        started.append(
+            spawn(
+                [PEERS, "--serve", "b", "--next", started[-1].endpoint],
+                cwd=REPO_ROOT,
+                pythonpath=[REPO_ROOT / "tests"],
+            )
+        )
+        started.append(
+            spawn(
+                [PEERS, "--serve", "a", "--next", started[-1].endpoint],
+                cwd=REPO_ROOT,
+                pythonpath=[REPO_ROOT / "tests"],
+            )
+        )
         yield started[::-1]  # a, b, c
     finally:
         stop_all(started, timeout=3.0)
@@ -63,8 +73,9 @@ def test_one_trace_follows_a_nested_call_across_three_peer_processes(
     traced: Any, chain: list[ProcessHandle], method: str
 ) -> None:
     provider, exporter = traced
-    with zcall.SyncClient(chain[0].endpoint, timeout=10,
-                          interceptors=[TracingClientInterceptor(tracer_provider=provider)]) as client:
+    with zcall.SyncClient(
+        chain[0].endpoint, timeout=10, interceptors=[TracingClientInterceptor(tracer_provider=provider)]
+    ) as client:
         assert client.call(method) == ["a", "b", "c"]
     (root,) = [span_record(s) for s in exporter.get_finished_spans()]
     remote = spans_of(chain)
@@ -91,8 +102,9 @@ def test_a_failure_at_the_end_of_the_chain_marks_every_span_on_the_way_back(
 ) -> None:
     provider, exporter = traced
     tracing = [TracingClientInterceptor(tracer_provider=provider)]
-    with zcall.SyncClient(chain[0].endpoint, timeout=10, interceptors=tracing) as client, pytest.raises(
-        zcall.RemoteError
+    with (
+        zcall.SyncClient(chain[0].endpoint, timeout=10, interceptors=tracing) as client,
+        pytest.raises(zcall.RemoteError),
     ):
         client.call("work", fail=True)
     (root,) = [span_record(s) for s in exporter.get_finished_spans()]

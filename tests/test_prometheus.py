@@ -74,8 +74,11 @@ def test_remote_stats_parse_as_prometheus_with_the_real_buckets(kind: str) -> No
     assert value(s, "zcall_calls_in_flight", method="buy") == 0
     assert value(s, "zcall_call_rejections_total", method="<other>") == 1  # the unknown name
     # the histogram: every bound of zcall's layout, cumulative, +Inf == count == ok + errors
-    buckets = {dict(k)["le"]: v for k, v in s["zcall_call_duration_seconds_bucket"].items()
-               if dict(k)["method"] == "buy"}
+    buckets = {
+        dict(k)["le"]: v
+        for k, v in s["zcall_call_duration_seconds_bucket"].items()
+        if dict(k)["method"] == "buy"
+    }
     assert len(buckets) == len(BOUNDS) + 1
     assert [float(le) for le in buckets if le != "+Inf"] == pytest.approx(list(BOUNDS))
     counts = [buckets[le] for le in sorted(buckets, key=float)]
@@ -94,8 +97,11 @@ def test_a_coarser_layout_keeps_the_cumulative_counts_exact() -> None:
     reg.register(ZcallCollector(svc, every=20))  # one bound per decade: 10 us ... 100 s
     s = parse(prometheus_client.generate_latest(reg).decode())
     fine = parse(exposition(svc))
-    coarse = {dict(k)["le"]: v for k, v in s["zcall_call_duration_seconds_bucket"].items()
-              if dict(k)["method"] == "buy"}
+    coarse = {
+        dict(k)["le"]: v
+        for k, v in s["zcall_call_duration_seconds_bucket"].items()
+        if dict(k)["method"] == "buy"
+    }
     assert len(coarse) == 8 + 1
     for le, v in coarse.items():
         assert value(fine, "zcall_call_duration_seconds_bucket", method="buy", le=le) == v

@@ -68,6 +68,7 @@ from ..protocol.wire import (
 from .core import DEFAULT_TIMEOUT, CallOptions, ClientCore, OutgoingCall
 from .futures import CallFuture
 from .interceptors import ClientInterceptor
+from .proxy import AsyncProxy, FutureProxy
 
 if TYPE_CHECKING:
     from ..security import ClientSecurity
@@ -340,6 +341,18 @@ class AsyncClient(ClientCore, ChannelEvents):
         self._run_soon(self._resubscribe)
 
     # -- options, stats, lifecycle -----------------------------------------------------------------
+
+    @property
+    def proxy(self) -> AsyncProxy:
+        """Awaitable attribute-style calls, names checked against the server's list:
+        ``await client.proxy.double(21)``."""
+        return AsyncProxy(self)
+
+    @property
+    def proxy_async(self) -> FutureProxy:
+        """Attribute-style calls returning a future (the callback face):
+        ``client.proxy_async.double(21, callback=print)``."""
+        return FutureProxy(self)
 
     def options(
         self,
@@ -876,6 +889,16 @@ class AsyncClientView:
     def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Like ``AsyncClient.notify`` with these settings."""
         self._client._notify(method, args, kwargs, self._opts)
+
+    @property
+    def proxy(self) -> AsyncProxy:
+        """``AsyncClient.proxy`` with these settings."""
+        return AsyncProxy(self)
+
+    @property
+    def proxy_async(self) -> FutureProxy:
+        """``AsyncClient.proxy_async`` with these settings."""
+        return FutureProxy(self)
 
     def options(self, **changes: Any) -> AsyncClientView:
         """These settings, changed again."""

@@ -106,9 +106,11 @@ class ZcallCollector(Collector):
         methods = stats.get("methods", {})
         if isinstance(methods, Mapping) and isinstance(methods.get("methods"), Mapping):
             methods = methods["methods"]  # a nested snapshot
-        rows = {str(k): v for k, v in methods.items() if isinstance(v, Mapping)} if isinstance(
-            methods, Mapping
-        ) else {}
+        rows = (
+            {str(k): v for k, v in methods.items() if isinstance(v, Mapping)}
+            if isinstance(methods, Mapping)
+            else {}
+        )
         labels = ["service", "method", "role"]
         for key, name, doc in _OUTCOMES:
             fam = CounterMetricFamily(name, doc, labels=labels)

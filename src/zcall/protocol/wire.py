@@ -557,7 +557,8 @@ def from_array(m: Any, *, in_batch: bool = False) -> Message:
             raise BadMessage(f"a batch has id 0, got {id_}", id_)
         if n < 4 or type(m[3]) is not list or not 1 <= len(m[3]) <= MAX_BATCH_ITEMS:
             raise BadMessage(
-                f"batch needs 4 items [version, kind, 0, [message, ...]] with 1 to {MAX_BATCH_ITEMS} messages"
+                f"batch needs 4 items [version, kind, 0, [message, ...]], 1 to {MAX_BATCH_ITEMS} messages",
+                id_,
             )
         return Batch(id_, m[3])
     raise BadMessage(f"unknown message kind {kind}", id_)

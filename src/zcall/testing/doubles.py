@@ -292,7 +292,12 @@ class MethodScript:
         return self.add(Raises(error, times=times, delay=delay))
 
     def rejects(
-        self, code: StatusCode | int, message: str = "", *, data: Any = None, times: int | None = None,
+        self,
+        code: StatusCode | int,
+        message: str = "",
+        *,
+        data: Any = None,
+        times: int | None = None,
         delay: float = 0.0,
     ) -> MethodScript:
         return self.add(Rejects(code, message, data, times=times, delay=delay))

@@ -48,15 +48,20 @@ def add_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds per answer (default 3)")
     p.add_argument("--vectors", default=None, metavar="FILE", help="test vectors (default: packaged copy)")
     p.add_argument(
-        "--retry-method", default=None, metavar="M",
+        "--retry-method",
+        default=None,
+        metavar="M",
         help="a no-argument method whose answer changes each call (a counter): checks the retry cache",
     )
     p.add_argument(
-        "--slow", default=None, metavar="M",
+        "--slow",
+        default=None,
+        metavar="M",
         help="a method taking seconds to sleep: checks cancel and, with --stop, a call in flight",
     )
     p.add_argument(
-        "--stop", action="store_true",
+        "--stop",
+        action="store_true",
         help="destructive: SIGTERM the server (the pid its zcall.ping reports), check the graceful stop",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random-bytes check (default 0)")

@@ -17,7 +17,7 @@ def cmd_stats_prometheus(ns: argparse.Namespace, security: object = None) -> int
         raise UsageError(str(exc)) from None
     from .calls import fetch_stats
 
-    eps = endpoints(ns.endpoint)
+    eps = endpoints(ns.endpoint, getattr(ns, "mesh", None))
 
     def go() -> int:
         sys.stdout.write(exposition(fetch_stats(eps, ns.timeout, security)))

@@ -16,7 +16,7 @@ def cmd_ping_wait(ns: argparse.Namespace, security: object = None) -> int:
     """``zcall ping --wait``: block until SERVING or ``ns.wait`` seconds have passed."""
     if ns.wait <= 0:
         raise UsageError("--wait takes a positive number of seconds")
-    eps = endpoints(ns.endpoint)
+    eps = endpoints(ns.endpoint, getattr(ns, "mesh", None))
     service = getattr(ns, "service", None)
 
     def go() -> int:

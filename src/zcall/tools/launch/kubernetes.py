@@ -176,12 +176,16 @@ def export_kubernetes(
             dep["spec"] = {
                 "replicas": 1,
                 "selector": {"matchLabels": labels},
-                "template": {"metadata": {"labels": labels, "annotations": annotations},
-                             "spec": pod_spec | {"restartPolicy": "Always"}},
+                "template": {
+                    "metadata": {"labels": labels, "annotations": annotations},
+                    "spec": pod_spec | {"restartPolicy": "Always"},
+                },
             }
             out.append(dep)
-        service_ports = [{"name": p["name"], "port": p["containerPort"], "targetPort": p["name"],
-                          "protocol": "TCP"} for p in ports]
+        service_ports = [
+            {"name": p["name"], "port": p["containerPort"], "targetPort": p["name"], "protocol": "TCP"}
+            for p in ports
+        ]
         service = _meta("v1", "Service", svc, namespace, part_of, labels)
         service["spec"] = {"type": "ClusterIP", "selector": labels, "ports": service_ports}
         out.append(service)
@@ -271,12 +275,23 @@ def to_yaml(manifests: Iterable[dict[str, Any]], header: Iterable[str] = ()) -> 
 
 
 def export_text(
-    topology: Topology, *, image: str, name: str, namespace: str | None = None, port: int = DEFAULT_PORT,
-    workdir: str = "/app", with_secrets: bool = False,
+    topology: Topology,
+    *,
+    image: str,
+    name: str,
+    namespace: str | None = None,
+    port: int = DEFAULT_PORT,
+    workdir: str = "/app",
+    with_secrets: bool = False,
 ) -> str:
     """What ``zcall launch --export kubernetes`` prints: a header, then the manifests."""
     manifests = export_kubernetes(
-        topology, image=image, name=name, namespace=namespace, port=port, workdir=workdir,
+        topology,
+        image=image,
+        name=name,
+        namespace=namespace,
+        port=port,
+        workdir=workdir,
         with_secrets=with_secrets,
     )
     header = [
@@ -299,8 +314,13 @@ def add_export_arguments(p: Any) -> None:
         "--export", choices=["kubernetes"], default=None, help="write manifests for an orchestrator"
     )
     g.add_argument("--image", default=None, metavar="IMAGE", help="image with your code and zcall (required)")
-    g.add_argument("--name", dest="export_name", default=None, metavar="NAME",
-                   help="app.kubernetes.io/part-of label (default: the topology file's name)")
+    g.add_argument(
+        "--name",
+        dest="export_name",
+        default=None,
+        metavar="NAME",
+        help="app.kubernetes.io/part-of label (default: the topology file's name)",
+    )
     g.add_argument("--namespace", default=None, metavar="NS", help="namespace (peers then use FQDNs)")
     g.add_argument(
         "--port", type=int, default=DEFAULT_PORT, metavar="N", help=f"peer port in its pod ({DEFAULT_PORT})"
@@ -318,7 +338,12 @@ def export_command(topology: Topology, ns: Any) -> int:
         raise UsageError("--export kubernetes needs --image: an image holding your code and zcall")
     name = ns.export_name or Path(topology.source).stem or "zcall-mesh"
     text = export_text(
-        topology, image=ns.image, name=name, namespace=ns.namespace, port=ns.port, workdir=ns.workdir,
+        topology,
+        image=ns.image,
+        name=name,
+        namespace=ns.namespace,
+        port=ns.port,
+        workdir=ns.workdir,
         with_secrets=ns.with_secrets,
     )
     if ns.out:
