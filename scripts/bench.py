@@ -259,14 +259,23 @@ class PipelinedAsyncio:
     outstanding, as in the raw pipelined loop; latency is each await, send to result.
     """
 
-    def __init__(self, endpoint: str, method: str, args: list[Any], expect: Any, inflight: int) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        method: str,
+        args: list[Any],
+        expect: Any,
+        inflight: int,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
         import asyncio
 
         self.loop = asyncio.new_event_loop()
         self.method, self.args, self.expect, self.inflight = method, args, expect, inflight
+        options = dict(client_options or {})
 
         async def make() -> zcall.AsyncClient:
-            return zcall.AsyncClient(endpoint, timeout=RECV_TIMEOUT_MS / 1000)
+            return zcall.AsyncClient(endpoint, timeout=RECV_TIMEOUT_MS / 1000, **options)
 
         self.client = self.loop.run_until_complete(make())
         self.run(Budget(calls=1))
@@ -307,8 +316,16 @@ class PipelinedCallbacks:
     latency and frees a slot, so the caller refills at once, as in the raw pipelined loop.
     """
 
-    def __init__(self, endpoint: str, method: str, args: list[Any], expect: Any, inflight: int) -> None:
-        self.client = zcall.AsyncClient(endpoint, timeout=RECV_TIMEOUT_MS / 1000)
+    def __init__(
+        self,
+        endpoint: str,
+        method: str,
+        args: list[Any],
+        expect: Any,
+        inflight: int,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.client = zcall.AsyncClient(endpoint, timeout=RECV_TIMEOUT_MS / 1000, **(client_options or {}))
         self.method, self.args, self.expect, self.inflight = method, args, expect, inflight
         self.run(Budget(calls=1))
 
