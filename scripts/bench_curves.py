@@ -682,7 +682,8 @@ def curve_idle(s: Settings, log: Callable[[str], None]) -> Curve:
             "client processes, for the clients added at that point",
             f"raw-router: raw DEALER sockets; zcall-async: zcall.AsyncClient, {holders} client processes",
             f"idle cpu: the server's CPU over {s.idle_window:g} s with the clients connected and silent "
-            "(zcall's ZMTP heartbeats: every 1 s per connection)",
+            "(zcall's ZMTP heartbeats: every 1 s per connection); /proc counts CPU in clock ticks "
+            f"({1000 // os.sysconf('SC_CLK_TCK')} ms), so the resolution is one tick per window",
         ],
     )
 
