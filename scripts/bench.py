@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 import msgpack
 import zmq
+from benchlib import process_cpu_s  # scripts/ is on the path: this file's own directory
 
 import zcall
 
@@ -93,12 +94,6 @@ class Sample:
         if not lat:
             return float("nan")
         return lat[min(len(lat) - 1, int(q * len(lat)))] / 1000.0
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, every thread) a process has used so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measured(driver: Any, budget: Any, server_pid: int) -> Sample:
@@ -282,14 +277,23 @@ class PipelinedAsyncio:
     outstanding, as in the raw pipelined loop; latency is each await, send to result.
     """
 
-    def __init__(self, endpoint: str, method: str, args: list[Any], expect: Any, inflight: int) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        method: str,
+        args: list[Any],
+        expect: Any,
+        inflight: int,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
         import asyncio
 
         self.loop = asyncio.new_event_loop()
         self.method, self.args, self.expect, self.inflight = method, args, expect, inflight
+        options = dict(client_options or {})
 
         async def make() -> zcall.AsyncClient:
-            return zcall.AsyncClient(endpoint, timeout=RECV_TIMEOUT_MS / 1000)
+            return zcall.AsyncClient(endpoint, timeout=RECV_TIMEOUT_MS / 1000, **options)
 
         self.client = self.loop.run_until_complete(make())
         self.run(Budget(calls=1))
@@ -330,8 +334,16 @@ class PipelinedCallbacks:
     latency and frees a slot, so the caller refills at once, as in the raw pipelined loop.
     """
 
-    def __init__(self, endpoint: str, method: str, args: list[Any], expect: Any, inflight: int) -> None:
-        self.client = zcall.AsyncClient(endpoint, timeout=RECV_TIMEOUT_MS / 1000)
+    def __init__(
+        self,
+        endpoint: str,
+        method: str,
+        args: list[Any],
+        expect: Any,
+        inflight: int,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.client = zcall.AsyncClient(endpoint, timeout=RECV_TIMEOUT_MS / 1000, **(client_options or {}))
         self.method, self.args, self.expect, self.inflight = method, args, expect, inflight
         self.run(Budget(calls=1))
 
@@ -751,8 +763,16 @@ def render(results: list[RowResult], env: dict[str, Any], s: Settings) -> str:
         "",
     ]
     head = (
-        "workload", "impl", "calls/s", "p50 us", "p99 us", "MB/s", "cli us", "srv us",
-        "calls/s vs floor [range]", "cpu vs floor",
+        "workload",
+        "impl",
+        "calls/s",
+        "p50 us",
+        "p99 us",
+        "MB/s",
+        "cli us",
+        "srv us",
+        "calls/s vs floor [range]",
+        "cpu vs floor",
     )
     table = [head]
     for r in results:
