@@ -98,6 +98,10 @@ def test_kind_numbers_are_the_documented_ones():
         "PONG": 7,
         "CANCEL": 8,
         "BATCH": 9,
+        "STREAM": 10,
+        "ITEM": 11,
+        "CREDIT": 12,
+        "END": 13,
     }
 
 
@@ -177,7 +181,7 @@ def broken(index: int, value: object) -> bytes:
 
 
 BAD_WITH_ID = [
-    ("kind unknown", raw(1, 10, 5), "unknown message kind 10"),
+    ("kind unknown", raw(1, 99, 5), "unknown message kind 99"),
     ("batch with an id", raw(1, 9, 5), "a batch has id 0"),
     ("kind zero", raw(1, 0, 5), "unknown message kind 0"),
     ("kind bool", broken(1, True), "kind must be an integer"),

@@ -34,6 +34,7 @@ def test_public_exports_are_pinned():
             "ServerSecurity",
             "Service",
             "StatusCode",
+            "StreamsUnsupported",
             "SyncClient",
             "SyncServer",
             "ZcallError",

@@ -326,6 +326,7 @@ def test_methods_introspection():
         "doc": "Add b to a.",
         "coroutine": False,
         "idempotent": True,
+        "stream": False,
         "params": [
             {"name": "a", "kind": "positional_or_keyword", "annotation": "int", "default": None},
             {"name": "b", "kind": "positional_or_keyword", "annotation": "int", "default": "0"},
@@ -341,6 +342,7 @@ def test_methods_introspection():
         "doc",
         "coroutine",
         "idempotent",
+        "stream",
         "params",
         "returns",
         "docstring",

@@ -24,6 +24,7 @@ from .errors import (
     RemoteError,
     SerializationError,
     ServerBusy,
+    StreamsUnsupported,
     ZcallError,
 )
 from .peer import Peer
@@ -65,6 +66,7 @@ __all__ = [
     "ServerSecurity",
     "Service",
     "StatusCode",
+    "StreamsUnsupported",
     "SyncClient",
     "SyncServer",
     "ZcallError",

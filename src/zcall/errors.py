@@ -6,6 +6,7 @@
     │   ├── InvalidArguments        the arguments did not bind to the method's signature
     │   ├── PermissionDenied        the callee refused this caller (an allow-list or another interceptor)
     │   ├── ServerBusy              the callee refused the call: at its concurrency limit or stopping
+    │   ├── StreamsUnsupported      the callee cannot open this stream (no streams, or not this kind)
     │   └── DeadlineExceeded        the callee dropped the call unstarted: its deadline had passed
     │                               (also a CallTimeout: the call ran out of time)
     ├── CallTimeout                 no reply in time (also a TimeoutError); names endpoints and attempts
@@ -47,6 +48,7 @@ __all__ = [
     "RemoteError",
     "SerializationError",
     "ServerBusy",
+    "StreamsUnsupported",
     "ZcallError",
     "class_for",
     "error_for_record",
@@ -114,6 +116,12 @@ class ServerBusy(RemoteError):
 
 class PermissionDenied(RemoteError):
     """The callee refused this caller: its key or address is not allowed to make this call."""
+
+
+class StreamsUnsupported(RemoteError):
+    """The callee refused to open a stream: it does not speak streams (an older zcall, another
+    implementation: it answered PROTOCOL_ERROR to the STREAM), or not this kind of stream (a REP-style
+    server takes no items from its callers). ``message`` holds the callee's own words."""
 
 
 class CallTimeout(ZcallError, TimeoutError):

@@ -51,8 +51,10 @@ from ..protocol.topics import topic_matches
 from ..protocol.wire import (
     MAX_BATCH_ITEMS,
     Batch,
+    Credit,
     ErrorReply,
     Event,
+    Item,
     Pong,
     Reply,
     cancel_frame,
@@ -69,6 +71,7 @@ from .core import DEFAULT_TIMEOUT, CallOptions, ClientCore, OutgoingCall
 from .futures import CallFuture
 from .interceptors import ClientInterceptor
 from .proxy import AsyncProxy, FutureProxy
+from .streams import AsyncStream, BlockingStream, StreamingClient
 
 if TYPE_CHECKING:
     from ..security import ClientSecurity
@@ -95,8 +98,9 @@ class _OneWay:
         self.deadline = deadline
 
 
-class AsyncClient(ClientCore, ChannelEvents):
-    """Asynchronous calls to one endpoint or several; asyncio and callback faces over one core."""
+class AsyncClient(StreamingClient, ClientCore, ChannelEvents):
+    """Asynchronous calls to one endpoint or several; asyncio and callback faces over one core.
+    Streams (``stream``, ``stream_async``, ``stream_blocking``) are ``client.streams``'s."""
 
     def __init__(
         self,
@@ -362,9 +366,12 @@ class AsyncClient(ClientCore, ChannelEvents):
         idempotent: bool | None = None,
         headers: Mapping[str, Any] | None = None,
         inherit_deadline: bool | None = None,
+        window: int | None = None,
     ) -> AsyncClientView:
-        """A view with other per-call settings: ``await client.options(timeout=1).call(...)``."""
-        return AsyncClientView(self, self._options(timeout, retries, idempotent, headers, inherit_deadline))
+        """A view with other per-call settings: ``await client.options(timeout=1).call(...)``;
+        ``window``: a stream's items in flight."""
+        opts = self._options(timeout, retries, idempotent, headers, inherit_deadline, window)
+        return AsyncClientView(self, opts)
 
     def statistics(self) -> dict[str, Any]:
         """Counters, calls in flight, and which endpoints are connected right now."""
@@ -727,6 +734,8 @@ class AsyncClient(ClientCore, ChannelEvents):
                 self._settle_ok(call, msg.result)
                 return
             err = msg.error
+            if call.stream is not None and self._stream_refused(ch, call, err):
+                return
             if self._may_retry_refusal(err.code) and call.attempt < call.attempts:
                 self._table.pending[call.id] = call  # back in (``_resend`` files it): to another server
                 self._failover.failed(ch.endpoint)
@@ -734,6 +743,10 @@ class AsyncClient(ClientCore, ChannelEvents):
                 return
             self._slots.release()
             self._settle_err(call, self._remote_error(call, err, ch.endpoint))
+        elif kind is Item:
+            self._stream_item(ch, msg)
+        elif kind is Credit:
+            self._stream_credit(ch, msg)
         elif kind is Event:
             self._on_event(ch, msg)
         elif kind is Pong:
@@ -889,6 +902,27 @@ class AsyncClientView:
     def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Like ``AsyncClient.notify`` with these settings."""
         self._client._notify(method, args, kwargs, self._opts)
+
+    def stream(self, method: str, /, *args: Any, **kwargs: Any) -> AsyncStream:
+        """Like ``AsyncClient.stream`` with these settings (``timeout`` covers the whole stream)."""
+        return AsyncStream(self._client, method, args, kwargs, self._opts)
+
+    def stream_async(
+        self,
+        method: str,
+        /,
+        *args: Any,
+        on_item: Callable[[Any], Any],
+        on_done: Callable[[Any], Any] | None = None,
+        on_error: Callable[[BaseException], Any] | None = None,
+        **kwargs: Any,
+    ) -> concurrent.futures.Future[Any]:
+        """Like ``AsyncClient.stream_async`` with these settings."""
+        return self._client._stream_async(method, args, kwargs, self._opts, on_item, on_done, on_error)
+
+    def stream_blocking(self, method: str, /, *args: Any, **kwargs: Any) -> BlockingStream:
+        """Like ``AsyncClient.stream_blocking`` with these settings."""
+        return BlockingStream(self._client, method, args, kwargs, self._opts)
 
     @property
     def proxy(self) -> AsyncProxy:

@@ -17,7 +17,10 @@ One meaning for each knob, on every face:
 - ``idempotent=True`` says the method may run twice: a call whose connection dropped is then resent
   (within its budget) without using up an attempt;
 - a call made inside a handler inherits what is left of that handler's deadline (the smaller of its own
-  timeout and the time left) unless ``inherit_deadline=False``; an already expired one is not sent.
+  timeout and the time left) unless ``inherit_deadline=False``; an already expired one is not sent;
+- a stream is a call: the same budget (it covers the whole stream), headers, interceptors and metrics,
+  with one attempt (its items cannot be resent); ``window`` is how many items it takes before it grants
+  the server more.
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from ..engine.sockets import default_context, normalize_endpoints
+from ..engine.streams import check_window
 from ..errors import CallTimeout, RemoteError, SerializationError
 from ..protocol.codec import Codec, default_codec
 from ..protocol.ids import IdSource
 from ..protocol.status import StatusCode
-from ..protocol.wire import call_frame
+from ..protocol.wire import call_frame, stream_frame
 from ..service.context import _current
 from ..service.metrics import Metrics, Outcome, outcome_for_exception
 from .failover import Failover
@@ -78,10 +82,14 @@ class CallOptions:
     idempotent: bool = False
     headers: Mapping[str, Any] | None = None
     inherit_deadline: bool = True
+    window: int | None = None
+    """Streams: items taken before the server is granted more (None: ``engine.streams.DEFAULT_WINDOW``)."""
 
     def __post_init__(self) -> None:
         _check_timeout(self.timeout)
         _check_retries(self.retries)
+        if self.window is not None:
+            check_window(self.window)
         if self.headers is not None and not isinstance(self.headers, Mapping):
             raise TypeError(f"headers must be a mapping of str to values, got {type(self.headers).__name__}")
 
@@ -120,6 +128,7 @@ class OutgoingCall:
         "errback",
         "channel",
         "frame",
+        "stream",
         "_state",
     )
 
@@ -156,6 +165,7 @@ class OutgoingCall:
         self.errback: Any = None
         self.channel: Any = None
         self.frame = b""
+        self.stream: Any = None  # a stream's client side (client.streams.ClientStream), else None
         self._state: dict[str, Any] | None = None
 
     @property
@@ -234,6 +244,7 @@ class ClientCore:
             "bad_replies": 0,
             "cancelled": 0,
             "connection_lost": 0,
+            "streams": 0,
         }
         self._setup()
 
@@ -262,6 +273,7 @@ class ClientCore:
         idempotent: bool | None,
         headers: Mapping[str, Any] | None,
         inherit_deadline: bool | None,
+        window: int | None = None,
     ) -> CallOptions:
         return self._defaults.with_changes(
             timeout=timeout,
@@ -269,14 +281,22 @@ class ClientCore:
             idempotent=idempotent,
             headers=headers,
             inherit_deadline=inherit_deadline,
+            window=window,
         )
 
     # -- the pure half of a call --------------------------------------------------------------------
 
-    def _begin(self, method: str, args: Any, kwargs: dict[str, Any], opts: CallOptions) -> OutgoingCall:
+    def _begin(
+        self,
+        method: str,
+        args: Any,
+        kwargs: dict[str, Any],
+        opts: CallOptions,
+        stream: tuple[int, int | str | None, bool] | None = None,
+    ) -> OutgoingCall:
         """Check and describe a new call: budget (inherited deadline), attempts, interceptors, the first
         attempt's body (``call.frame``: raises ``SerializationError`` for arguments msgpack cannot carry),
-        metrics."""
+        metrics. ``stream``: ``(credit, input, pull)`` to open a stream instead (one attempt)."""
         if type(method) is not str or not method:
             raise TypeError(f"method must be a non-empty str, got {method!r}")
         now = _monotonic()
@@ -298,21 +318,32 @@ class ClientCore:
         retries = opts.retries
         if retries is None:
             retries = self._per_endpoint_retries
+        if stream is not None:
+            retries = 0  # a stream is never resent: the items it already moved cannot be
         interceptors = self._interceptors
         headers = opts.headers
         if interceptors:
             headers = dict(headers) if headers else {}
         rid = self._ids.next()
         attempts = retries + 1
-        call = OutgoingCall(method, args, kwargs, rid, headers, timeout, attempts, opts.idempotent, now)
+        idempotent = opts.idempotent and stream is None
+        call = OutgoingCall(method, args, kwargs, rid, headers, timeout, attempts, idempotent, now)
         if interceptors:
             for i in interceptors:
                 i.on_call(call)  # may raise: nothing was sent, nothing counted
             headers = call.headers
         try:  # _frame(call, now), inlined: the first attempt sends the whole budget
-            call.frame = call_frame(
-                rid, method, args, kwargs, max(1, int(timeout * 1000)), headers, self._codec, attempts > 1
-            )
+            if stream is None:
+                call.frame = call_frame(
+                    rid, method, args, kwargs, max(1, int(timeout * 1000)), headers, self._codec, attempts > 1
+                )
+            else:
+                credit, where, pull = stream
+                deadline_ms = max(1, int(timeout * 1000))
+                call.frame = stream_frame(
+                    rid, method, args, kwargs, credit, where, pull, deadline_ms, headers, self._codec
+                )
+                self.counters["streams"] += 1
         except SerializationError:
             self.metrics.record(method, _REJECTED)  # refused here, before anything was sent
             raise

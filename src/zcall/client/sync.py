@@ -22,6 +22,7 @@ from ..errors import ClientClosed, ProtocolError, RemoteError
 from ..protocol.wire import ErrorReply, Reply, decode, reply_fields
 from .core import CallOptions, ClientCore
 from .proxy import SyncProxy
+from .pull import SyncStream
 
 if TYPE_CHECKING:
     pass
@@ -57,6 +58,12 @@ class SyncClient(ClientCore):
         """
         return self._call(method, args, kwargs, self._defaults)
 
+    def stream(self, method: str, /, *args: Any, **kwargs: Any) -> SyncStream:
+        """``for item in client.stream("tail", path)``: the items ``method`` yields, pulled over REQ a
+        window at a time (``client.options(window=N)``; ``timeout`` covers the whole stream). REQ cannot
+        send a stream's items: client streams need ``AsyncClient`` or ``Peer`` (client/pull.py)."""
+        return SyncStream(self, method, args, kwargs, self._defaults)
+
     @property
     def proxy(self) -> SyncProxy:
         """Attribute-style calls, names checked against the server's list: ``client.proxy.double(21)``."""
@@ -70,9 +77,12 @@ class SyncClient(ClientCore):
         idempotent: bool | None = None,
         headers: Mapping[str, Any] | None = None,
         inherit_deadline: bool | None = None,
+        window: int | None = None,
     ) -> SyncClientView:
-        """A view of this client with other per-call settings: ``client.options(timeout=1).call(...)``."""
-        return SyncClientView(self, self._options(timeout, retries, idempotent, headers, inherit_deadline))
+        """A view of this client with other per-call settings: ``client.options(timeout=1).call(...)``;
+        ``window``: a stream's items per pull."""
+        opts = self._options(timeout, retries, idempotent, headers, inherit_deadline, window)
+        return SyncClientView(self, opts)
 
     def close(self) -> None:
         """Close every idle socket; sockets in use by other threads close when their call ends."""
@@ -237,6 +247,10 @@ class SyncClientView:
     def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Like ``SyncClient.call`` with these settings."""
         return self._client._call(method, args, kwargs, self._opts)
+
+    def stream(self, method: str, /, *args: Any, **kwargs: Any) -> SyncStream:
+        """Like ``SyncClient.stream`` with these settings."""
+        return SyncStream(self._client, method, args, kwargs, self._opts)
 
     @property
     def proxy(self) -> SyncProxy:

@@ -78,6 +78,18 @@ __all__ = [
     "request_fields",
     "split_routed",
     "subscribe_frame",
+    # streams (docs/protocol.md section 7, "Streams")
+    "MAX_CREDIT",
+    "STREAM_KINDS",
+    "Credit",
+    "End",
+    "Item",
+    "Stream",
+    "credit_frame",
+    "end_frame",
+    "item_frame",
+    "item_tail",
+    "stream_frame",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -113,6 +125,10 @@ class Kind(IntEnum):
     PONG = 7
     CANCEL = 8
     BATCH = 9
+    STREAM = 10
+    ITEM = 11
+    CREDIT = 12
+    END = 13
 
 
 @dataclass(slots=True)
@@ -248,11 +264,65 @@ class Batch:
     items: list[Any] = field(default_factory=list)
 
 
-Message = Call | Notify | Reply | ErrorReply | Event | Ping | Pong | Cancel | Batch
+@dataclass(slots=True)
+class Stream:
+    """A call whose results (and, with ``input``, whose arguments) travel as a stream of ITEMs.
+
+    ``credit``: how many ITEMs the caller takes before it grants more (CREDIT); ``input``: where the
+    caller's own items go (an index into ``args`` or a name in ``kwargs``, whose value on the wire is a
+    nil placeholder), or None when the caller sends none; ``pull``: the caller pulls (a REQ socket): every
+    STREAM, CREDIT and CANCEL of the stream gets exactly one answer. Never resent, so no ``retry``."""
+
+    id: int
+    method: str
+    args: list[Any] | tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    deadline_ms: int | None = None
+    headers: dict[str, Any] | None = None
+    credit: int = 0
+    input: int | str | None = None
+    pull: bool = False
+
+
+@dataclass(slots=True)
+class Item:
+    """One item of stream ``id``: a result from the server, or one of the caller's items. ``size`` is
+    its body's length when the receiver knows it (for the byte counts), not a wire field."""
+
+    id: int
+    item: Any = None
+    size: int = field(default=0, compare=False, repr=False)
+
+
+@dataclass(slots=True)
+class Credit:
+    """The sender of this grants ``n`` more ITEMs on stream ``id`` (in pull mode: a pull of up to n)."""
+
+    id: int
+    n: int = 1
+
+
+@dataclass(slots=True)
+class End:
+    """The caller's items on stream ``id`` are complete (the server's end is its REPLY or ERROR)."""
+
+    id: int
+
+
+Message = (
+    Call | Notify | Reply | ErrorReply | Event | Ping | Pong | Cancel | Batch | Stream | Item | Credit | End
+)
+
+STREAM_KINDS: Final = frozenset((10, 11, 12, 13))
+"""STREAM, ITEM, CREDIT, END: the kinds a peer without streams refuses (unknown kind, PROTOCOL_ERROR)."""
+
+MAX_CREDIT: Final = 2**32 - 1
+"""The largest credit one STREAM or CREDIT may grant; credit never adds up beyond it either."""
 
 _V = PROTOCOL_VERSION
 _CALL, _REPLY, _ERROR, _NOTIFY = int(Kind.CALL), int(Kind.REPLY), int(Kind.ERROR), int(Kind.NOTIFY)
 _PING, _PONG, _CANCEL = int(Kind.PING), int(Kind.PONG), int(Kind.CANCEL)
+_STREAM, _ITEM, _CREDIT, _END = int(Kind.STREAM), int(Kind.ITEM), int(Kind.CREDIT), int(Kind.END)
 
 
 def _meta(deadline_ms: int | None, headers: Mapping[str, Any] | None, retry: bool = False) -> dict[str, Any]:
@@ -290,6 +360,17 @@ def encode(msg: Message, codec: Codec = default_codec) -> bytes:
         return codec.packb([_V, int(Kind.CANCEL), msg.id])
     if isinstance(msg, Batch):
         return batch_frame([encode(m, codec) for m in msg.items])
+    if isinstance(msg, Stream):
+        return stream_frame(
+            msg.id, msg.method, msg.args, msg.kwargs, msg.credit, msg.input, msg.pull,
+            msg.deadline_ms, msg.headers, codec,
+        )  # fmt: skip
+    if isinstance(msg, Item):
+        return item_frame(msg.id, msg.item, codec)
+    if isinstance(msg, Credit):
+        return credit_frame(msg.id, msg.n)
+    if isinstance(msg, End):
+        return end_frame(msg.id)
     raise TypeError(f"not a zcall message: {msg!r}")
 
 
@@ -332,6 +413,51 @@ def error_frame(id: int, record: ErrorRecord, codec: Codec = default_codec) -> b
     except SerializationError:
         record.data = None
         return codec.packb([_V, _ERROR, id, record.to_wire()])
+
+
+def stream_frame(
+    id: int,  # noqa: A002
+    method: str,
+    args: Any,
+    kwargs: dict[str, Any],
+    credit: int,
+    input: int | str | None = None,  # noqa: A002
+    pull: bool = False,
+    deadline_ms: int | None = None,
+    headers: Mapping[str, Any] | None = None,
+    codec: Codec = default_codec,
+) -> bytes:
+    """Encode a STREAM ``[1, 10, id, method, args, kwargs, meta, {credit, input?, pull?}]``; the value at
+    ``input`` in args or kwargs must be the nil placeholder."""
+    opts: dict[str, Any] = {"credit": credit}
+    if input is not None:
+        opts["input"] = input
+    if pull:
+        opts["pull"] = True
+    return codec.packb([_V, _STREAM, id, method, args, kwargs, _meta(deadline_ms, headers), opts])
+
+
+_ITEM_HEAD = bytes([0x94, _V, 11])  # msgpack fixarray(4), version, kind ITEM
+
+
+def item_tail(item: Any, codec: Codec = default_codec) -> bytes:
+    """An ITEM's value, encoded (raises ``SerializationError``): ``item_frame`` without the header."""
+    return codec.packb(item)
+
+
+def item_frame(id: int, item: Any, codec: Codec = default_codec) -> bytes:  # noqa: A002
+    """Encode an ITEM ``[1, 11, id, item]`` (raises ``SerializationError`` for a value that cannot go)."""
+    return _ITEM_HEAD + default_codec.packb(id) + codec.packb(item)
+
+
+def credit_frame(id: int, n: int) -> bytes:  # noqa: A002
+    """Encode a CREDIT ``[1, 12, id, n]``: n more items may come (pull mode: a pull of up to n)."""
+    return default_codec.packb([_V, _CREDIT, id, n])
+
+
+def end_frame(id: int) -> bytes:  # noqa: A002
+    """Encode an END ``[1, 13, id]``: the caller's items are complete."""
+    return default_codec.packb([_V, _END, id])
 
 
 def ping_frame(id: int) -> bytes:  # noqa: A002
@@ -483,7 +609,10 @@ def _meta_fields(meta: dict[str, Any], id_: int) -> tuple[int | None, dict[str, 
 
 def decode(frame: bytes, codec: Codec = default_codec) -> Message:
     """One frame → one message. Raises ``ProtocolError`` (``BadMessage``/``UnsupportedVersion``)."""
-    return from_array(codec.unpackb(frame))
+    msg = from_array(codec.unpackb(frame))
+    if type(msg) is Item:
+        msg.size = len(frame)
+    return msg
 
 
 def from_array(m: Any, *, in_batch: bool = False) -> Message:
@@ -561,7 +690,49 @@ def from_array(m: Any, *, in_batch: bool = False) -> Message:
                 id_,
             )
         return Batch(id_, m[3])
+    if kind == _ITEM:
+        if n < 4:
+            raise BadMessage("item needs 4 items [version, kind, id, item]", id_)
+        return Item(id_, m[3])
+    if kind == _CREDIT:
+        if n < 4 or type(m[3]) is not int or not 1 <= m[3] <= MAX_CREDIT:
+            got = _short(m[3]) if n >= 4 else "nothing"
+            raise BadMessage(f"credit needs 4 items [version, kind, id, n], n 1 ... 2**32-1, got {got}", id_)
+        return Credit(id_, m[3])
+    if kind == _END:
+        return End(id_)
+    if kind == _STREAM:
+        return _stream(m, n, id_)
     raise BadMessage(f"unknown message kind {kind}", id_)
+
+
+def _stream(m: list[Any], n: int, id_: int) -> Stream:
+    """The checks of a STREAM: a CALL's fields, then its stream options ``{credit, input, pull}``."""
+    method, args, kwargs, meta = _check_call_fields(m, n, id_, "stream")
+    if n < 8:
+        raise BadMessage("stream needs 8 items [version, kind, id, method, args, kwargs, meta, options]", id_)
+    deadline, headers, _ = _meta_fields(meta, id_) if meta else (None, None, False)
+    opts = m[7]
+    if opts is None:
+        opts = {}
+    elif type(opts) is not dict:
+        raise BadMessage(f"stream options must be a map, got {type(opts).__name__}", id_)
+    credit = opts.get("credit")
+    if credit is None:
+        credit = 0
+    elif type(credit) is not int or not 0 <= credit <= MAX_CREDIT:
+        raise BadMessage(f"stream credit must be an integer 0 ... 2**32-1, got {_short(credit)}", id_)
+    where = opts.get("input")
+    if where is not None:
+        if type(where) is int:
+            if not 0 <= where < len(args) or args[where] is not None:
+                raise BadMessage(f"stream input {where} is not a nil placeholder in args", id_)
+        elif type(where) is str:
+            if kwargs.get(where, 0) is not None:
+                raise BadMessage(f"stream input {where!r} is not a nil placeholder in kwargs", id_)
+        else:
+            raise BadMessage(f"stream input must be an index or a name, got {_short(where)}", id_)
+    return Stream(id_, method, args, kwargs, deadline, headers, credit, where, opts.get("pull") is True)
 
 
 def request_fields(
@@ -646,6 +817,9 @@ def check_readable(frame: bytes, codec: Codec = default_codec) -> None:
     codec.unpackb(frame)
 
 
+_ANSWERS = (_REPLY, _ERROR, _ITEM, _CREDIT)  # what a client receives for a call or a stream
+
+
 def peek_reply_id(body: bytes) -> int | None:
     """The id of a reply that cannot be decoded (too large, a non-str map key, a bad value further in),
     read from its first items only, so the client can fail that call at once; None if even that fails."""
@@ -657,7 +831,7 @@ def peek_reply_id(body: bytes) -> int | None:
         version, kind, rid = u.unpack(), u.unpack(), u.unpack()
     except Exception:
         return None
-    ok = type(version) is int and type(kind) is int and kind in (_REPLY, _ERROR) and type(rid) is int
+    ok = type(version) is int and type(kind) is int and kind in _ANSWERS and type(rid) is int
     return rid if ok and 0 < rid <= MAX_ID else None
 
 

@@ -32,6 +32,7 @@ from ..engine.sockets import (
     fast_send,
     new_socket,
 )
+from ..engine.streams import DEFAULT_WINDOW
 from ..engine.workers import Job, Workers
 from ..protocol.codec import Codec, default_codec
 from ..protocol.topics import SUBSCRIBE_METHOD, topic_matches
@@ -54,6 +55,7 @@ from ..service.dispatch import (
     DEFAULT_MAX_IN_FLIGHT_BYTES,
     NEVER_AWAITABLE,
     Dispatcher,
+    StreamStart,
     Subscribe,
 )
 from ..service.invoke import guarded, run_plain, run_queued, task_context
@@ -62,6 +64,7 @@ from ..service.replycache import ReplyCache
 from .events import Subscribers
 from .health import HealthEvents
 from .lifecycle import DEFAULT_GRACE, Lifecycle
+from .streams import STREAM_MESSAGES, RouterStreams
 
 if TYPE_CHECKING:
     from ..security import ServerSecurity
@@ -96,7 +99,10 @@ class AsyncServer(Lifecycle):
         heartbeat: Heartbeat | None = DEFAULT_HEARTBEAT,
         security: ServerSecurity | None = None,
         check_replies: bool = True,
+        stream_window: int = DEFAULT_WINDOW,
     ) -> None:
+        """``stream_window``: how many of a caller's stream items this server takes before it grants more
+        (a handler's input holds at most that many)."""
         self.service = service
         self._dispatch = Dispatcher(
             service,
@@ -134,6 +140,7 @@ class AsyncServer(Lifecycle):
         self._send_errno: int | None = 0  # errno of the last failed _send (EAGAIN: slow, EHOSTUNREACH: gone)
         self.counters = {"undeliverable": 0, "events_sent": 0, "batches_received": 0, "batches_sent": 0}
         self._health: HealthEvents | None = None
+        self._streams = RouterStreams(self, stream_window)
 
     # -- properties --------------------------------------------------------------------------------
 
@@ -250,6 +257,7 @@ class AsyncServer(Lifecycle):
             if frame is not None:
                 for envelope in (call._reply_to, *waiters):
                     self._send(envelope, frame)
+        self._streams.close()
         if self._reader is not None:
             self._reader.stop()
         if self._sock is not None:
@@ -385,9 +393,14 @@ class AsyncServer(Lifecycle):
     def _on_control(self, envelope: list[bytes], ident: bytes, r: Any) -> None:
         t = type(r)
         if t is Cancel:
-            self._cancel(ident, r.id)
+            if not (self._streams.open and self._streams.on_cancel(ident, r.id, envelope)):
+                self._cancel(ident, r.id)
         elif t is Subscribe and self._subscribers.update(ident, envelope, r.patterns):
             self._sweep_subscribers()
+        elif t is StreamStart:
+            self._streams.start(r.call, envelope)
+        elif t in STREAM_MESSAGES:
+            self._streams.on_message(envelope, ident, r)
 
     def _on_batch(self, envelope: list[bytes], ident: bytes, frame: Any, items: list[Any], size: int) -> None:
         """A BATCH: each item as if it had come alone, in order; the answers to its calls leave in
@@ -405,7 +418,7 @@ class AsyncServer(Lifecycle):
                     self._run(r)
                     continue
             else:
-                r = d.other_item(item)
+                r = d.other_item(item, envelope, ident, frame)
             if type(r) is bytes:
                 self._send_batched(envelope, ident, r)
             elif r is not None:

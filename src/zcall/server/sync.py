@@ -41,13 +41,14 @@ from ..engine.sockets import (
     new_socket,
 )
 from ..protocol.codec import Codec, default_codec
-from ..protocol.wire import ACK, DELIMITER, MAX_REQUEST_FRAMES, Batch, split_routed
+from ..protocol.wire import ACK, DELIMITER, MAX_REQUEST_FRAMES, Batch, Cancel, split_routed
 from ..service.context import CallContext
 from ..service.dispatch import Dispatcher
 from ..service.invoke import run_to_completion
 from ..service.registry import Service
 from ..service.replycache import ReplyCache
 from .lifecycle import DEFAULT_GRACE, Lifecycle
+from .pulled import PULLED_MESSAGES, PulledStreams
 
 if TYPE_CHECKING:
     from ..security import ServerSecurity
@@ -111,6 +112,7 @@ class SyncServer(Lifecycle):
         self._hurried = False
         self._undeliverable = 0
         self._done = threading.Event()
+        self._pulls = PulledStreams(self._dispatch, self._private_loop)  # streams, kept between pulls
 
     @property
     def endpoint(self) -> str:
@@ -251,6 +253,7 @@ class SyncServer(Lifecycle):
             log.info("sync server %r listening on %s", self.service.name, self._endpoint)
             self._loop_until_stopped(sock)
         finally:
+            self._pulls.close_all()  # on the serving thread: a generator is never closed while it runs
             with self._lock:
                 if not self._taken_over and not sock.closed:
                     close_bound(sock, self._endpoint)
@@ -299,6 +302,7 @@ class SyncServer(Lifecycle):
                         if not self._taken_over:
                             self._drain(sock, send)
                     return
+                self._pulls.expire()
                 continue
             if got is None:
                 continue
@@ -328,8 +332,29 @@ class SyncServer(Lifecycle):
                 reply(send, envelope, r)
             elif type(r) is Batch:
                 reply(send, envelope, d.batch_refused())  # one at a time: it never advertised BATCH
+            elif type(r) in PULLED_MESSAGES:
+                if not self._pull(envelope, r):
+                    return  # stop() answered it and closed the socket
             else:
+                if type(r) is Cancel:
+                    self._pulls.cancel(envelope, r)
                 reply(send, envelope, None)  # a NOTIFY, a CANCEL, a subscribe: every request is answered
+
+    def _pull(self, envelope: list[bytes], r: Any) -> bool:
+        """A stream's request (``server.pulled``): made like a call (a stop may take over while it runs),
+        answered once. False when the stop took the socket over meanwhile."""
+        self._current = self._pulls.call_of(envelope, r)
+        try:
+            frame = self._pulls.answer(envelope, r)
+        except Exception as exc:  # a bug here must not kill the serving thread
+            log.exception("sync server %s: a stream's request failed", self._endpoint)
+            frame = self._dispatch.internal_error(getattr(r, "id", 0), exc)
+        with self._lock:
+            self._current = None
+            if self._taken_over:
+                return False  # the socket is the stopping thread's now
+            self._reply(self._send, envelope, frame)
+        return True
 
     def _drain(self, sock: zmq.Socket, send: Any) -> None:
         """Answer whatever is already queued (stopping: UNAVAILABLE, or errors), without blocking."""
@@ -346,6 +371,8 @@ class SyncServer(Lifecycle):
             r = None if body == self._poke_body else d.admit(body, envelope, None, f, False)
             if type(r) is CallContext:  # cannot be admitted while stopping; answer it anyway
                 r = d.unavailable(r)[0]
+            elif type(r) in PULLED_MESSAGES:
+                r = self._pulls.answer(envelope, r)  # stopping: a pull gets UNAVAILABLE
             self._reply(send, envelope, r if type(r) is bytes else None)
 
     def _private_loop(self) -> asyncio.AbstractEventLoop:

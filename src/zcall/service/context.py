@@ -55,6 +55,7 @@ class CallContext:
         "_server",
         "_size",
         "_batched",
+        "_stream",
     )
 
     def __init__(
@@ -97,6 +98,12 @@ class CallContext:
         self._server: Any = None  # the dispatcher that admitted the call (for the built-in probes)
         self._size = 0  # its request's bytes (the dispatcher's in-flight byte budget)
         self._batched = False  # it came in a BATCH: its answer may leave in one too
+        self._stream: Any = None  # a stream's request (protocol.wire.Stream), then its server-side state
+
+    @property
+    def is_stream(self) -> bool:
+        """True for a stream (opened with ``stream()``): the handler's yields travel as items."""
+        return self._stream is not None
 
     # -- time ---------------------------------------------------------------------------------------
 

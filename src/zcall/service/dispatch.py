@@ -7,7 +7,10 @@ the deadline, the in-flight limit, then the service's interceptors. It returns w
 - a ``CallContext``: run its handler (the only thing a server chooses is *how*: inline, pool, task);
 - ``bytes``: send this frame now (an error, a PONG, a cached reply);
 - ``None``: send nothing (a NOTIFY, a resend joined to its running first attempt);
-- a ``Cancel`` or ``Subscribe``: connection-level requests only a ROUTER server acts on.
+- a ``Cancel`` or ``Subscribe``: connection-level requests only a ROUTER server acts on;
+- a ``StreamStart`` (a STREAM, admitted like a CALL: its ``CallContext`` carries the request in
+  ``call._stream``), an ``Item``, ``Credit`` or ``End`` of an open stream, or a ``StreamFault`` (a
+  malformed one: that stream ends with its frame), for the server's stream machinery.
 
 ``Dispatcher.finish(call, result=..., error=...)`` records metrics, runs the interceptors' reply hooks,
 fills the reply cache and returns the frame to send (and the resends waiting for it). It holds no
@@ -18,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import logging
 import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
 from ..errors import ProtocolError, Rejected, SerializationError
@@ -27,16 +32,22 @@ from ..protocol.codec import Codec
 from ..protocol.status import StatusCode
 from ..protocol.topics import SUBSCRIBE_METHOD
 from ..protocol.wire import (
+    STREAM_KINDS,
     Batch,
     Cancel,
+    Credit,
+    End,
     ErrorRecord,
+    Item,
     Ping,
+    Stream,
     check_readable,
     decode,
     error_for,
     error_frame,
     from_array,
     peek_id,
+    peek_kind,
     pong_frame,
     reply_frame,
     request_fields,
@@ -46,7 +57,15 @@ from .metrics import OTHER, Outcome, outcome_for_status
 from .registry import Service
 from .replycache import IN_PROGRESS, ReplyCache
 
-__all__ = ["NEVER_AWAITABLE", "Dispatcher", "Expired", "Subscribe"]
+__all__ = [
+    "NEVER_AWAITABLE",
+    "Dispatcher",
+    "Expired",
+    "StreamFault",
+    "StreamStart",
+    "Subscribe",
+    "is_stream_result",
+]
 
 log = logging.getLogger("zcall.server")
 
@@ -69,10 +88,37 @@ MAX_PATTERN_LENGTH: Final = 256
 _CANCELLED_ERRORS = (asyncio.CancelledError, concurrent.futures.CancelledError)
 _CONTAINERS = (dict, list, tuple)  # result types whose encoding is checked by decoding it (check_replies)
 _NO_WAITERS: list[Any] = []  # returned (never changed) when no resend joined a call: no list per call
+_STREAM_CONTROL = (Item, Credit, End)
+
+
+def is_stream_result(value: Any) -> bool:
+    """Whether a handler's result streams: a generator or any other iterator (sync or async), not a
+    container (a list is a value, sent whole)."""
+    return isinstance(value, Iterator | AsyncIterator)
 
 
 class Expired(Exception):
     """A call whose deadline passed while it waited to start (in a queue): it is not started."""
+
+
+class StreamStart:
+    """An admitted STREAM: the server starts it (``call._stream`` is the request)."""
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: CallContext) -> None:
+        self.call = call
+
+
+class StreamFault:
+    """A malformed ITEM, CREDIT or END whose id could be read: the server ends that stream (if it is
+    open on this connection) with ``frame``, the PROTOCOL_ERROR that answers it, or else sends it."""
+
+    __slots__ = ("id", "frame")
+
+    def __init__(self, id: int, frame: bytes) -> None:  # noqa: A002
+        self.id = id
+        self.frame = frame
 
 
 class Subscribe:
@@ -102,6 +148,8 @@ class Dispatcher:
         "service",
         "stopping",
         "check_replies",
+        "push_streams",
+        "input_streams",
     )
 
     def __init__(
@@ -142,7 +190,17 @@ class Dispatcher:
             "cancelled": 0,
             "pings": 0,
             "cache_hits": 0,
+            "streams": 0,
+            "stream_items_sent": 0,
+            "stream_items_received": 0,
+            "stream_violations": 0,
+            "streams_lost": 0,
         }
+        self.push_streams = True
+        """Whether this server sends a stream's items as credit allows (a ROUTER server); a REP-style one
+        answers only pulls, and refuses a pushed STREAM with PROTOCOL_ERROR, data ``{"pull": true}``."""
+        self.input_streams = True
+        """Whether this server takes the caller's items (client streams: a ROUTER server only)."""
         self.replies = reply_cache if reply_cache is not None else ReplyCache()
         self.metrics = service.metrics  # per service, shared by every server serving it
         self.interceptors = service.interceptors
@@ -168,7 +226,7 @@ class Dispatcher:
         # The hot path: a well-formed CALL or NOTIFY; everything else goes through the full decoder.
         fields = request_fields(body, self.codec)
         if fields is None:
-            return self._other(body)
+            return self._other(body, reply_to, routing_id, frame)
         return self.admit_fields(fields, len(body), reply_to, routing_id, frame, can_wait)
 
     def admit_fields(
@@ -179,10 +237,12 @@ class Dispatcher:
         routing_id: bytes | None = None,
         frame: Any = None,
         can_wait: bool = True,
+        stream: Stream | None = None,
     ) -> CallContext | bytes | Subscribe | None:
         """``admit`` for a CALL or NOTIFY already parsed (``protocol.request_fields``): one of a BATCH's
         items, or a single request. ``size`` is its share of the request bytes in flight. Written out
-        in one function: each call layer costs ~0.1 us per request."""
+        in one function: each call layer costs ~0.1 us per request. ``stream``: the STREAM this call
+        opens (``_admit_stream``)."""
         rid, name, args, kwargs, deadline_ms, headers, retry, notify = fields
         if notify and name == SUBSCRIBE_METHOD:
             return self._subscription(args)
@@ -196,6 +256,12 @@ class Dispatcher:
             return self._refused(rid, name, notify, r)
         try:
             entry.check(args, kwargs)
+            if entry.streams and stream is None:
+                raise Rejected(
+                    StatusCode.INVALID_ARGUMENTS,
+                    f"{name!r} streams its results: open it with stream(), not call()",
+                    data={"stream": True},
+                )
         except Rejected as r:
             entry.stats.record(_REJECTED)
             return self._refused(rid, name, notify, r)
@@ -240,6 +306,7 @@ class Dispatcher:
         )
         call._server = self
         call._size = size
+        call._stream = stream
         self.in_flight_bytes += size
         st = entry.stats
         call._token = (st, st.started())
@@ -271,39 +338,91 @@ class Dispatcher:
             )
         return Subscribe(patterns[:MAX_PATTERNS])
 
-    def _other(self, body: Any) -> bytes | Cancel | Batch | None:
-        """Anything but a well-formed CALL/NOTIFY: a PING, a CANCEL, a BATCH, or bad input (answered)."""
+    def _other(
+        self, body: Any, reply_to: Any = None, routing_id: bytes | None = None, frame: Any = None
+    ) -> Any:
+        """Anything but a well-formed CALL/NOTIFY: a PING, a CANCEL, a BATCH, a stream's messages, or bad
+        input (answered)."""
         try:
             msg = decode(body, self.codec)
         except ProtocolError as exc:
             self.counters["bad_messages"] += 1
             log.warning("bad message (%d bytes): %s", len(body), exc)
-            return error_frame(peek_id(exc) or 0, error_for(exc), self.codec)
+            err = error_frame(peek_id(exc) or 0, error_for(exc), self.codec)
+            return self._fault(exc, peek_kind(body), err)
         if type(msg) is Batch:
-            return msg  # type: ignore[return-value]
-        return self._other_message(msg)
+            return msg
+        if type(msg) is Item:
+            return msg
+        return self._other_message(msg, len(body), reply_to, routing_id, frame)
 
-    def other_item(self, item: Any) -> bytes | Cancel | None:
-        """One item of a BATCH that is not a CALL/NOTIFY: a PING, a CANCEL, or bad input (answered)."""
+    def other_item(
+        self, item: Any, reply_to: Any = None, routing_id: bytes | None = None, frame: Any = None
+    ) -> Any:
+        """One item of a BATCH that is not a CALL/NOTIFY: a PING, a CANCEL, a stream's message, or bad
+        input (answered)."""
         try:
             msg = from_array(item, in_batch=True)
         except ProtocolError as exc:
             self.counters["bad_messages"] += 1
             log.warning("bad message in a batch: %s", exc)
-            return error_frame(peek_id(exc) or 0, error_for(exc), self.codec)
-        return self._other_message(msg)
+            err = error_frame(peek_id(exc) or 0, error_for(exc), self.codec)
+            kind = item[1] if type(item) is list and len(item) > 1 and type(item[1]) is int else None
+            return self._fault(exc, kind, err)
+        return self._other_message(msg, 0, reply_to, routing_id, frame)
 
-    def _other_message(self, msg: Any) -> bytes | Cancel | None:
+    @staticmethod
+    def _fault(exc: ProtocolError, kind: Any, err: bytes) -> bytes | StreamFault:
+        """A malformed ITEM/CREDIT/END with a readable id is a ``StreamFault``: its stream ends too."""
+        rid = peek_id(exc)
+        if rid and kind in STREAM_KINDS:
+            return StreamFault(rid, err)
+        return err
+
+    def _other_message(
+        self, msg: Any, size: int = 0, reply_to: Any = None, routing_id: Any = None, frame: Any = None
+    ) -> Any:
         t = type(msg)
         if t is Ping:
             self.counters["pings"] += 1
             return pong_frame(msg.id)
-        if t is Cancel:
-            return msg  # type: ignore[return-value]
+        if t is Cancel or t in _STREAM_CONTROL:
+            return msg
+        if t is Stream:
+            return self._admit_stream(msg, size, reply_to, routing_id, frame)
         self.counters["bad_messages"] += 1
         text = f"a server does not accept {t.__name__.lower()} messages"
         log.warning("bad message: %s", text)
         return error_frame(msg.id, ErrorRecord.refusal(StatusCode.PROTOCOL_ERROR, text), self.codec)
+
+    def _admit_stream(
+        self, msg: Stream, size: int, reply_to: Any, routing_id: bytes | None, frame: Any
+    ) -> StreamStart | bytes | None:
+        """A STREAM goes through a CALL's checks (docs/protocol.md §7), after what this server takes:
+        a REP-style server answers only pulls, and only a ROUTER server takes the caller's items."""
+        refusal, data = None, None
+        if msg.pull and msg.input is not None:
+            refusal = "a pulled stream cannot carry the caller's items (pull mode is for REQ sockets)"
+        elif msg.pull and msg.credit < 1:
+            refusal = "a pulled stream needs a credit of at least 1 (the most items its answer may hold)"
+        elif msg.input is not None and not self.input_streams:
+            refusal = (
+                "this server takes no items from its callers: client streams need a ROUTER server (a "
+                "REP-style server reads one request at a time)"
+            )
+        elif not msg.pull and not self.push_streams:
+            refusal = "this server answers streams only in pull mode (one request, one answer): pull them"
+            data = {"pull": True}
+        if refusal is not None:
+            self.counters["bad_messages"] += 1
+            record = ErrorRecord.refusal(StatusCode.PROTOCOL_ERROR, refusal, data)
+            return error_frame(msg.id, record, self.codec)
+        fields = (msg.id, msg.method, msg.args, msg.kwargs, msg.deadline_ms, msg.headers, False, False)
+        r = self.admit_fields(fields, size, reply_to, routing_id, frame, True, msg)  # type: ignore[arg-type]
+        if type(r) is CallContext:
+            self.counters["streams"] += 1
+            return StreamStart(r)  # type: ignore[arg-type]
+        return r  # type: ignore[return-value]
 
     def _cannot_take(
         self, rid: int, name: str, notify: bool, entry: Any, deadline_ms: int | None, cache_key: Any
@@ -332,6 +451,12 @@ class Dispatcher:
         self.counters["bad_messages"] += 1
         text = "this server does not take BATCH messages (its handshake does not advertise them)"
         return error_frame(0, ErrorRecord.refusal(StatusCode.PROTOCOL_ERROR, text), self.codec)
+
+    def internal_error(self, rid: int, exc: BaseException) -> bytes:
+        """The answer when the server itself failed on a request (a bug): INTERNAL, with the id."""
+        self.counters["errors"] += 1
+        text = f"the server failed on this request: {type(exc).__name__}: {exc}"
+        return error_frame(rid, ErrorRecord.refusal(StatusCode.INTERNAL, text), self.codec)
 
     def bad_framing(self, nframes: int) -> bytes:
         """The answer to a request of the wrong shape (not one body after the envelope): id 0."""
@@ -400,6 +525,8 @@ class Dispatcher:
                     check_readable(frame, codec)  # as the caller's decoder will: refuse it here, not there
             except (SerializationError, ProtocolError) as exc:
                 problem = f"result not sendable: {exc}"
+                if call._stream is None and is_stream_result(result):
+                    return self._not_a_call(call, result, st, t0)
             if problem is None:
                 st.finished(t0, _OK)
             else:
@@ -421,6 +548,18 @@ class Dispatcher:
         if cache_key is not None:
             return frame, self.replies.complete(cache_key, frame)
         return frame, _NO_WAITERS
+
+    def _not_a_call(self, call: CallContext, result: Any, st: Any, t0: float) -> tuple[bytes, list[Any]]:
+        """A CALL whose handler returned a generator: it streams, so the caller is told to open a stream
+        (as it is for a generator function, before it runs); the generator is closed unstarted."""
+        close = getattr(result, "close", None) or getattr(result, "aclose", None)
+        if close is not None and not inspect.isasyncgen(result):
+            close()
+        self.counters["errors"] += 1
+        st.finished(t0, _REJECTED)
+        text = f"{call.method!r} streams its results: open it with stream(), not call()"
+        record = ErrorRecord.refusal(StatusCode.INVALID_ARGUMENTS, text, {"stream": True})
+        return error_frame(call.id, record, self.codec), _NO_WAITERS
 
     def _record_for(self, call: CallContext, error: BaseException) -> ErrorRecord:
         """The error record for how a call ended: refusals keep their code, handler failures are 1.

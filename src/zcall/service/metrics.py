@@ -81,6 +81,7 @@ __all__ = [
     "RECENT_WINDOW",
     "RELATIVE_ERROR",
     "CallToken",
+    "StreamStats",
     "LatencyHistogram",
     "MethodStats",
     "Metrics",
@@ -341,10 +342,13 @@ class MethodStats:
         "_lock",
         "_ring",
         "_ring_sec",
+        "stream",
     )
 
     def __init__(self, name: str, clock: Callable[[], float] = time.perf_counter) -> None:
         self.name = name
+        self.stream: StreamStats | None = None
+        """This method's stream counters, from its first stream on (``streams()``); None before."""
         self._clock = clock
         self._lock = threading.Lock()
         self.calls = 0
@@ -441,6 +445,16 @@ class MethodStats:
         elif rs - sec < _RING:  # finished in an earlier second still held by the ring
             ring[sec % _RING] += 1
 
+    def streams(self) -> StreamStats:
+        """The stream counters of this method (made on its first stream)."""
+        st = self.stream
+        if st is None:
+            with self._lock:
+                st = self.stream
+                if st is None:
+                    st = self.stream = StreamStats()
+        return st
+
     # -- derived values ---------------------------------------------------------------------------------
 
     @property
@@ -519,6 +533,8 @@ class MethodStats:
                 "max": h.max if h.count else None,
                 "histogram": h.to_dict(),
             }
+        if self.stream is not None:
+            d["stream"] = self.stream.snapshot()
         return d
 
     def reset(self) -> None:
@@ -532,12 +548,65 @@ class MethodStats:
             self.last = None
             self._ring = [0] * _RING
             self._ring_sec = 0
+        if self.stream is not None:
+            self.stream.reset()
 
     def __repr__(self) -> str:
         return (
             f"<MethodStats {self.name!r} calls={self.calls} ok={self.ok} errors={self.errors} "
             f"timeouts={self.timeouts} rejected={self.rejected} in_flight={self.in_flight}>"
         )
+
+
+class StreamStats:
+    """The streams of one method: how many were opened, how many are open, and the items and bytes they
+    moved each way (``sent`` from this side: a server's results, a client's input). A stream's latency,
+    outcome and availability are its method's row: a stream is one call, from open to end."""
+
+    __slots__ = ("opened", "open", "items_sent", "items_received", "bytes_sent", "bytes_received", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.opened = 0
+        self.open = 0
+        self.items_sent = self.items_received = self.bytes_sent = self.bytes_received = 0
+
+    def started(self) -> None:
+        with self._lock:
+            self.opened += 1
+            self.open += 1
+
+    def ended(self) -> None:
+        with self._lock:
+            self.open -= 1
+
+    def add(self, items_sent: int, items_received: int, bytes_sent: int, bytes_received: int) -> None:
+        """What a stream moved since it last reported (``engine.streams.Tally.flush``)."""
+        with self._lock:
+            self.items_sent += items_sent
+            self.items_received += items_received
+            self.bytes_sent += bytes_sent
+            self.bytes_received += bytes_received
+
+    def reset(self) -> None:
+        """Zero the counters; streams still open stay open (and count as opened in the new window)."""
+        with self._lock:
+            self.opened = self.open
+            self.items_sent = self.items_received = self.bytes_sent = self.bytes_received = 0
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "opened": self.opened,
+                "open": self.open,
+                "items_sent": self.items_sent,
+                "items_received": self.items_received,
+                "bytes_sent": self.bytes_sent,
+                "bytes_received": self.bytes_received,
+            }
+
+    def __repr__(self) -> str:
+        return f"<StreamStats opened={self.opened} open={self.open} sent={self.items_sent}>"
 
 
 def _availability(ok: int, errors: int, timeouts: int) -> float | None:

@@ -52,6 +52,8 @@ class Method:
         "_kw_required",
         "stats",
         "while_stopping",
+        "streams",
+        "is_asyncgen",
     )
 
     def __init__(
@@ -67,6 +69,12 @@ class Method:
         self.is_coroutine = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)
         )
+        self.is_asyncgen = inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(
+            getattr(fn, "__call__", None)
+        )
+        self.streams = self.is_asyncgen or inspect.isgeneratorfunction(fn)
+        """A generator (or async generator) function: it streams what it yields, and a plain CALL of it
+        is refused (INVALID_ARGUMENTS, data ``{"stream": true}``: open it with ``stream()``)."""
         self.inline = inline
         self.idempotent = idempotent
         self.stats: Any = None
@@ -118,7 +126,8 @@ class Method:
     def describe(self) -> dict[str, Any]:
         """What ``zcall.methods`` reports for this method.
 
-        Beside the text ``signature``, each parameter as data (``params``: name, kind, annotation and
+        ``stream``: the method is a generator, so it answers ``stream()`` (not ``call()``). Beside the text
+        ``signature``, each parameter as data (``params``: name, kind, annotation and
         default as text, ``None`` when absent), the return annotation (``returns``) and the whole
         docstring (``docstring``), so a stub generator need not parse the signature back."""
         sig = self.signature
@@ -126,8 +135,9 @@ class Method:
             "name": self.name,
             "signature": str(sig) if sig is not None else "(...)",
             "doc": self.doc,
-            "coroutine": self.is_coroutine,
+            "coroutine": self.is_coroutine or self.is_asyncgen,
             "idempotent": self.idempotent,
+            "stream": self.streams,
             "params": None if sig is None else [_describe_param(p) for p in sig.parameters.values()],
             "returns": None if sig is None else _annotation_text(sig.return_annotation),
             "docstring": inspect.getdoc(self.fn) or "",
