@@ -2,14 +2,17 @@
 
 Faces: SyncClient (REQ), AsyncClient's asyncio face (awaited on a loop of its own) and callback face,
 a Peer's blocking calls (REQ) and awaited calls (DEALER). Server kinds: SyncServer (REP), AsyncServer
-(ROUTER), Peer. A behaviour a face or a server kind lacks is an explicit skip that says why.
+(ROUTER), Peer. A behaviour a face or a server kind lacks is an explicit skip that says why, or a test
+that what it cannot do fails clearly. Streams are in the same suite (the last section): every face
+consumes them (``Caller.stream``: the sync face pulls over REQ; the others stream over DEALER).
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -396,3 +399,170 @@ def test_graceful_stop_finishes_calls_within_grace_and_refuses_the_rest(
 
 def state_service(server: Any) -> zcall.Service:
     return server.service  # type: ignore[no-any-return]
+
+
+# -- streams ---------------------------------------------------------------------------------------
+
+
+def test_a_stream_gives_its_items_in_order_then_its_result(c: Caller) -> None:
+    s = c.stream("count", 5)
+    assert list(s) == [0, 1, 2, 3, 4] and s.result == 5  # a plain generator (pool): its return value
+    s = c.stream("icount", 100)
+    assert list(s) == list(range(100)) and s.result == 100  # inline, more items than one window
+    assert list(c.stream("acount", 40)) == list(range(40))  # an async generator
+    s = c.stream("double", 21)  # a plain method opened as a stream: no items, its result
+    assert list(s) == [] and s.result == 42
+
+
+def test_a_streaming_method_called_plainly_is_refused_with_a_hint(c: Caller) -> None:
+    with pytest.raises(zcall.InvalidArguments) as info:
+        c.call("count", 3)
+    assert info.value.data == {"stream": True} and "stream()" in info.value.message
+
+
+def test_a_producer_that_raises_ends_the_stream_after_its_items_with_a_calls_error(c: Caller) -> None:
+    got: list[int] = []
+    with pytest.raises(zcall.RemoteError) as info:
+        for x in c.stream("fail_after", 3, "kaput"):
+            got.append(x)
+    assert got == [0, 1, 2]  # what was delivered before the error, all of it
+    err = info.value
+    assert type(err) is zcall.RemoteError and err.code is zcall.StatusCode.HANDLER_ERROR
+    assert err.type == "ValueError" and err.message == "kaput"
+    assert err.traceback is not None and "ValueError: kaput" in err.traceback
+
+
+def test_a_consumer_that_stops_stops_the_producer_and_its_finally_runs(c: Caller, state: State) -> None:
+    for method in ("forever", "aforever"):
+        tag = uid(method)
+        s = c.stream(method, tag)
+        assert s.take(3) == [0, 1, 2]
+        s.close()
+        assert state.closed_event(tag).wait(10), f"{method}: the server's finally: never ran"
+    tag = uid("break")
+    for x in c.stream("forever", tag):  # dropped after the break (CPython frees it: it is closed)
+        if x == 2:
+            break
+    assert state.closed_event(tag).wait(10)
+    assert c.call("double", 2) == 4  # the client and the server carry on
+
+
+def test_cancelling_the_consumer_stops_the_stream(
+    face: str, c: Caller, loop: LoopThread, state: State
+) -> None:
+    if face not in CANCELLABLE_FACES:
+        pytest.skip(f"the {face} face blocks in its iteration: it stops with close() or a break (above)")
+    tag = uid("cancel")
+    if face == "callback":
+        s = c.stream("forever", tag)
+        assert s.take(2) == [0, 1]
+        assert s.future.cancel()  # type: ignore[attr-defined]
+    else:
+        it = c.stream("forever", tag)._it  # type: ignore[attr-defined]
+
+        async def consume() -> None:
+            async with it:
+                async for _ in it:
+                    pass
+
+        fut = loop.submit(consume())
+        assert state.started_event(tag).wait(5)
+        fut.cancel()  # the task iterating is cancelled: leaving its async with closes the stream
+    assert state.closed_event(tag).wait(10)
+
+
+def test_the_deadline_covers_the_whole_stream(c_own: Caller, state: State) -> None:
+    tag = uid("ticks")
+    got: list[int] = []
+    t0 = time.monotonic()
+    with pytest.raises(zcall.CallTimeout):
+        for x in c_own.stream("ticks", 100, 0.05, tag, _opts={"timeout": 0.3}):
+            got.append(x)
+    took = time.monotonic() - t0
+    assert 0.25 <= took < 1.3, took  # the stream's budget, whatever each item took
+    assert 2 <= len(got) <= 7, got
+    assert state.closed_event(tag).wait(5), "the server's generator was not stopped at the deadline"
+
+
+def test_a_slow_consumer_holds_the_producer_to_its_window(c: Caller, state: State) -> None:
+    tag = uid("window")
+    s = c.stream("forever", tag, _opts={"window": 4})
+    assert s.take(3) == [0, 1, 2]
+    deadline = time.monotonic() + 5
+    while state.made.get(tag, 0) < 4:  # the producer fills the window ...
+        assert time.monotonic() < deadline, state.made.get(tag)
+        time.sleep(0.005)
+    time.sleep(0.3)  # ... and would run further now if anything let it
+    assert state.made[tag] <= 3 + 4 + 1, state.made[tag]
+    assert s.take(5) == [3, 4, 5, 6, 7]  # and it goes on as the consumer takes
+    s.close()
+    assert state.closed_event(tag).wait(10)
+
+
+def test_client_streams_and_bidirectional_streams(face: str, kind: str, c: Caller) -> None:
+    if face == "sync":
+        with pytest.raises(TypeError, match="REQ"):  # one request, one reply: no items to send
+            c.stream("total", iter(range(3)))
+        return
+    if kind == "rep":
+        with pytest.raises(zcall.StreamsUnsupported, match="takes no items"):
+            list(c.stream("total", iter(range(3))))
+        return
+    s = c.stream("total", iter(range(100)))  # more items than the server's window: credit flows back
+    assert list(s) == [] and s.result == 4950
+    s = c.stream("atotal", (x for x in range(10)))
+    assert list(s) == [] and s.result == 45
+    s = c.stream("double_each", iter(range(50)))
+    assert list(s) == [2 * x for x in range(50)] and s.result == "done"
+
+    async def numbers() -> AsyncIterator[int]:
+        for i in range(20):
+            await asyncio.sleep(0)
+            yield i
+
+    assert list(c.stream("adouble_each", numbers())) == [2 * x for x in range(20)]
+    with pytest.raises(ZeroDivisionError):  # the caller's own iterator fails: the stream ends with it
+        list(c.stream("total", (1 // x for x in (1, 0))))
+    assert c.call("double", 3) == 6
+
+
+def test_streams_go_through_interceptors_context_and_metrics(
+    face: str, servers: list[Any], loop: LoopThread, state: State
+) -> None:
+    tagger = Tagger()
+    with caller(face, servers[0].endpoint, loop, timeout=5.0, interceptors=[tagger]) as c:
+        (ctx,) = list(c.stream("stream_context", _opts={"timeout": 3.0, "headers": {"trace": "t"}}))
+        assert ctx["method"] == "stream_context" and ctx["headers"] == {"trace": "t", "x-client": "tagger"}
+        assert 2.0 < ctx["left"] <= 3.0  # the stream's budget, as a handler sees it
+        with pytest.raises(PermissionError, match="denied by x-deny"):
+            list(c.stream("count", 2, _opts={"headers": {"x-deny": 1}}))
+        assert list(c.stream("count", 3)) == [0, 1, 2]
+        assert tagger.ended[-3:] == [("stream_context", "ok"), ("count", "PermissionDenied"), ("count", "ok")]
+        row = c.stream_client().statistics()["methods"]["count"]
+        assert row["stream"]["items_received"] >= 3 and row["stream"]["open"] == 0
+        served = c.call("zcall.stats")["methods"]["count"]["stream"]
+        assert served["items_sent"] >= 3 and served["bytes_sent"] > 0
+    with state.lock:
+        mine = [(x["method"], x["outcome"]) for x in state.seen if x["headers"].get("x-client") == "tagger"]
+    assert ("count", "ok") in mine and ("stream_context", "ok") in mine
+
+
+def test_graceful_stop_ends_open_streams_with_unavailable(
+    face: str, kind: str, own_server: Any, loop: LoopThread, state: State
+) -> None:
+    tag = uid("stop")
+    with caller(face, own_server.endpoint, loop, timeout=10.0) as c:
+        s = c.stream("forever", tag, _opts={"window": 2})
+        assert s.take(2) == [0, 1]
+        t0 = time.monotonic()
+        own_server.stop(0.3)  # the stream outlives the grace period
+        with pytest.raises((zcall.ServerBusy, zcall.ConnectionLost)) as info:
+            for _ in s:
+                pass
+        pulled = face == "sync" or kind == "rep"  # a pull finds the server gone, or is answered so
+        if not pulled:
+            assert isinstance(info.value, zcall.ServerBusy)
+        if isinstance(info.value, zcall.ServerBusy):
+            assert info.value.code is zcall.StatusCode.UNAVAILABLE
+        assert time.monotonic() - t0 < 5
+    assert state.closed_event(tag).wait(5)

@@ -21,6 +21,7 @@ import zmq
 from .client.asynchronous import AsyncClient
 from .client.interceptors import ClientInterceptor
 from .client.proxy import AsyncProxy, FutureProxy, SyncProxy, peer_proxy
+from .client.streams import AsyncStream, BlockingStream
 from .client.sync import SyncClient
 from .engine.loop import on_loop, run_on, running_loop
 from .engine.sockets import DEFAULT_BIND, default_context, normalize_endpoints
@@ -351,6 +352,39 @@ class Peer(Lifecycle):
     def notify(self, peer: str, method: str, /, *args: Any, **kwargs: Any) -> None:
         """One-way call to ``peer``: no reply."""
         self.client(peer).notify(method, *args, **kwargs)
+
+    # -- streams -----------------------------------------------------------------------------------
+
+    def stream(self, peer: str, method: str, /, *args: Any, **kwargs: Any) -> BlockingStream:
+        """``for item in peer.stream("logs", "tail", path)``: the items ``method`` on ``peer`` yields, as
+        they come (blocking; over the DEALER, so an iterator argument streams this peer's items to it).
+        Not from a coroutine or inline handler on this peer's loop: use ``astream`` there."""
+        if self._server is not None and self._server._loop is not None and on_loop(self._server._loop):
+            raise RuntimeError(
+                "Peer.stream() blocks, and this is the peer's event loop: use 'async for item in "
+                "peer.astream(...)' here"
+            )
+        return self.client(peer).stream_blocking(method, *args, **kwargs)
+
+    def astream(self, peer: str, method: str, /, *args: Any, **kwargs: Any) -> AsyncStream:
+        """``async for item in peer.astream("logs", "tail", path)``: the asyncio face of ``stream``."""
+        return self.client(peer).stream(method, *args, **kwargs)
+
+    def stream_async(
+        self,
+        peer: str,
+        method: str,
+        /,
+        *args: Any,
+        on_item: Callable[[Any], Any],
+        on_done: Callable[[Any], Any] | None = None,
+        on_error: Callable[[BaseException], Any] | None = None,
+        **kwargs: Any,
+    ) -> concurrent.futures.Future[Any]:
+        """A stream with callbacks, returning a future for its end (``AsyncClient.stream_async``)."""
+        return self.client(peer).stream_async(
+            method, *args, on_item=on_item, on_done=on_done, on_error=on_error, **kwargs
+        )
 
     def proxy(self, peer: str) -> SyncProxy:
         """Blocking attribute-style calls to ``peer`` (as ``call``): ``peer.proxy("pricing").price("x")``."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -37,6 +39,16 @@ class State:
         self.started: dict[str, threading.Event] = {}
         self.seen: list[dict[str, Any]] = []  # what the server interceptor recorded
         self.late: dict[str, str] = {}
+        self.made: dict[str, int] = {}  # items a stream's handler has made so far, by tag
+        self.closed: dict[str, threading.Event] = {}  # set when a stream handler's finally: ran
+
+    def made_one(self, tag: str) -> None:
+        with self.lock:
+            self.made[tag] = self.made.get(tag, 0) + 1
+
+    def closed_event(self, tag: str) -> threading.Event:
+        with self.lock:
+            return self.closed.setdefault(tag, threading.Event())
 
     def bump(self, key: str) -> int:
         with self.lock:
@@ -201,6 +213,103 @@ def make_service(state: State) -> zcall.Service:
             state.late[tag] = outcome
         return outcome
 
+    # -- streams --------------------------------------------------------------------------------------
+
+    @svc.method
+    def count(n: int, tag: str = "") -> Iterator[int]:
+        """A plain generator (the server's pool): 0 ... n-1, then its return value."""
+        try:
+            for i in range(n):
+                state.made_one(tag)
+                yield i
+        finally:
+            state.closed_event(tag).set()
+        return n  # type: ignore[return-value]
+
+    @svc.method(inline=True)
+    def icount(n: int) -> Iterator[int]:
+        """An inline generator (the server's loop)."""
+        yield from range(n)
+        return n  # type: ignore[return-value]
+
+    @svc.method
+    async def acount(n: int, tag: str = "") -> AsyncIterator[int]:
+        """An async generator (a task on the server's loop)."""
+        try:
+            for i in range(n):
+                state.made_one(tag)
+                await asyncio.sleep(0)
+                yield i
+        finally:
+            state.closed_event(tag).set()
+
+    @svc.method
+    def forever(tag: str, size: int = 0) -> Iterator[Any]:
+        """An infinite stream: counts what it made, and says when its finally: ran."""
+        state.started_event(tag).set()
+        payload = b"x" * size
+        i = 0
+        try:
+            while True:
+                state.made_one(tag)
+                yield [i, payload] if size else i
+                i += 1
+        finally:
+            state.closed_event(tag).set()
+
+    @svc.method
+    async def aforever(tag: str) -> AsyncIterator[int]:
+        state.started_event(tag).set()
+        i = 0
+        try:
+            while True:
+                state.made_one(tag)
+                yield i
+                i += 1
+                await asyncio.sleep(0)
+        finally:
+            state.closed_event(tag).set()
+
+    @svc.method
+    def fail_after(n: int, message: str) -> Iterator[int]:
+        yield from range(n)
+        raise ValueError(message)
+
+    @svc.method
+    def ticks(n: int, interval: float, tag: str = "") -> Iterator[int]:
+        """A slow producer: one item every ``interval`` seconds."""
+        try:
+            for i in range(n):
+                time.sleep(interval)
+                yield i
+        finally:
+            state.closed_event(tag).set()
+
+    @svc.method
+    def total(numbers: Iterator[int]) -> int:
+        """A client stream into a plain handler (a pool thread blocks on the caller's items)."""
+        return sum(numbers)
+
+    @svc.method
+    async def atotal(numbers: AsyncIterator[int]) -> int:
+        return sum([x async for x in numbers])
+
+    @svc.method
+    def double_each(numbers: Iterator[int]) -> Iterator[int]:
+        """Bidirectional: each of the caller's items, doubled, as it comes."""
+        for x in numbers:
+            yield 2 * x
+        return "done"  # type: ignore[return-value]
+
+    @svc.method
+    async def adouble_each(numbers: AsyncIterator[int]) -> AsyncIterator[int]:
+        async for x in numbers:
+            yield 2 * x
+
+    @svc.method
+    def stream_context() -> Iterator[dict[str, Any]]:
+        yield context()
+
     return svc
 
 
@@ -306,6 +415,31 @@ class Caller:
             return self._loop.submit(self._peer.acall("server", method, *args, **kwargs))  # type: ignore[union-attr]
         raise NotImplementedError(f"the {self.face} face blocks: it has no call to cancel")
 
+    def stream(self, method: str, *args: Any, _opts: dict[str, Any] | None = None, **kwargs: Any) -> Consumer:
+        """A stream through this face, consumed by blocking (``Consumer``) whatever the face is."""
+        opts = _opts or {}
+        face = self.face
+        if face == "sync":
+            return Consumer(iter(self._target(opts).stream(method, *args, **kwargs)))
+        if face == "peer":
+            if not opts:
+                return Consumer(self._peer.stream("server", method, *args, **kwargs))  # type: ignore[union-attr]
+            target = self._peer.client("server").options(**opts)  # type: ignore[union-attr]
+            return Consumer(target.stream_blocking(method, *args, **kwargs))
+        if face == "callback":
+            return CallbackConsumer(self._target(opts), method, args, kwargs)
+        if face == "peer-async" and not opts:
+            it = self._peer.astream("server", method, *args, **kwargs)  # type: ignore[union-attr]
+        else:
+            it = self._target(opts).stream(method, *args, **kwargs)
+        return AsyncConsumer(it, self._loop)
+
+    def stream_client(self) -> Any:
+        """The zcall client a stream of this face goes through (a Peer streams over its DEALER)."""
+        if self._peer is not None:
+            return self._peer.client("server")
+        return self._client
+
     def client(self) -> Any:
         """The zcall client underneath (for statistics)."""
         if self._peer is not None:
@@ -319,6 +453,120 @@ class Caller:
             self._loop.run(self._client.aclose())
         else:
             self._client.close()
+
+
+class Consumer:
+    """A stream consumed by blocking: ``next(c)``, ``list(c)``, ``c.close()``, ``c.result`` after the end.
+    ``take(n)`` returns the next n items (fewer at the end)."""
+
+    def __init__(self, it: Any) -> None:
+        self._it = it
+        self.result: Any = None
+
+    def __iter__(self) -> Consumer:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._it)
+        except StopIteration:
+            self.result = getattr(self._it, "result", None)
+            raise
+
+    def take(self, n: int) -> list[Any]:
+        out = []
+        for item in self:
+            out.append(item)
+            if len(out) == n:
+                break
+        return out
+
+    def close(self) -> None:
+        self._it.close()
+
+
+class AsyncConsumer(Consumer):
+    """The asyncio face's stream, each ``__anext__`` run on the test loop."""
+
+    def __init__(self, it: Any, loop: LoopThread) -> None:
+        super().__init__(it)
+        self._loop = loop
+
+    def __next__(self) -> Any:
+        try:
+            return self._loop.run(self._it.__anext__(), timeout=60)
+        except StopAsyncIteration:
+            self.result = self._it.result
+            raise StopIteration from None
+
+    def close(self) -> None:
+        self._loop.run(self._it.aclose())
+
+
+_END = object()
+
+
+class CallbackConsumer(Consumer):
+    """The callback face's stream: ``on_item`` hands each item to this thread and returns a future that
+    completes when the test takes it, so the producer waits for the test (flow control), as a slow
+    callback-face consumer would do it."""
+
+    def __init__(self, target: Any, method: str, args: Any, kwargs: dict[str, Any]) -> None:
+        super().__init__(None)
+        self._q: queue.Queue[Any] = queue.Queue()
+        self._taken: concurrent.futures.Future[None] | None = None
+        me = weakref.ref(self)  # the stream must not keep its consumer alive: dropping it closes it
+
+        def on_item(item: Any) -> Any:
+            c = me()
+            return c._on_item(item) if c is not None else None
+
+        def on_done(result: Any) -> None:
+            c = me()
+            if c is not None:
+                c._on_done(result)
+
+        def on_error(exc: BaseException) -> None:
+            c = me()
+            if c is not None:
+                c._on_error(exc)
+
+        self.future = target.stream_async(
+            method, *args, on_item=on_item, on_done=on_done, on_error=on_error, **kwargs
+        )
+
+    def _on_item(self, item: Any) -> concurrent.futures.Future[None]:
+        taken: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._q.put((item, taken))
+        return taken
+
+    def _on_done(self, result: Any) -> None:
+        self._q.put((_END, result))
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._q.put((_END, exc))
+
+    def __next__(self) -> Any:
+        if self._taken is not None:
+            self._taken.set_result(None)
+            self._taken = None
+        item, extra = self._q.get(timeout=60)
+        if item is _END:
+            self._q.put((_END, extra))  # a second next() ends the same way
+            if isinstance(extra, BaseException):
+                raise extra
+            self.result = extra
+            raise StopIteration
+        self._taken = extra
+        return item
+
+    def close(self) -> None:
+        self.future.cancel()
+
+    def __del__(self) -> None:
+        fut = getattr(self, "future", None)  # absent when stream_async itself refused
+        if fut is not None:
+            fut.cancel()
 
 
 @contextmanager

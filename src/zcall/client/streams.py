@@ -13,8 +13,10 @@ The faces differ only in how the consumer waits:
 - asyncio: ``async for item in client.stream(method, *args)`` (``AsyncStream``; ``async with`` and
   ``aclose()`` stop it early, and so does dropping it after ``break``);
 - callbacks: ``client.stream_async(method, *args, on_item=, on_done=, on_error=)`` returns a future for
-  the end; ``on_item`` runs on the client's loop thread, and the credit for an item is returned when it
-  returns (so a slow ``on_item`` slows the producer: keep it short, as every callback there);
+  the end; ``on_item`` runs on the client's loop thread (keep it short, as every callback there). An
+  item counts as taken when ``on_item`` returns, or, when it returns a future or an awaitable, when
+  that completes: a consumer slower than the producer hands items to its own thread and returns a
+  future, and the producer waits for it (flow control without blocking the loop);
 - blocking, from a plain thread: ``for item in client.stream_blocking(method, *args)``
   (``BlockingStream``; what ``Peer.stream`` uses).
 
@@ -30,6 +32,7 @@ import asyncio
 import collections
 import concurrent.futures
 import functools
+import inspect
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -136,9 +139,17 @@ class ClientStream:
                 waiter, self._waiter = self._waiter, None
                 self._cond.notify()
         self.tally.received(nbytes)
-        if on_item is not None:
-            on_item(value)  # the callback face: the item is taken when on_item returns
-            self._taken()
+        if on_item is not None:  # the callback face: taken when on_item returns, or when what it
+            later = on_item(value)  # returned (a future, an awaitable) completes
+            if later is None:
+                self._taken()
+            elif isinstance(later, concurrent.futures.Future | asyncio.Future):
+                later.add_done_callback(lambda _: self._taken())
+            elif inspect.isawaitable(later):
+                task = asyncio.ensure_future(later, loop=self._client._loop)
+                task.add_done_callback(lambda _: self._taken())
+            else:
+                self._taken()
         elif waiter is not None:
             _wake(waiter)
 
@@ -380,16 +391,19 @@ class ClientStream:
         client._settle_err(call, exc)
 
     def _cancelled_by_user(self, call: OutgoingCall) -> None:
-        """The callback face's future was cancelled (any thread)."""
+        """The callback face's future was cancelled (any thread; again on a second ``cancel()``, which a
+        cancelled ``Future`` answers True too)."""
         with self._cond:
+            if self.closed:
+                return
             self.closed = True
             if self.outcome is None:
                 self.outcome = (_FAILED, concurrent.futures.CancelledError())
-        self._client._cancel_soon(call)
         try:
+            self._client._cancel_soon(call)
             self._client._run_soon(self._finalize)
         except ClientClosed:
-            pass
+            pass  # the client is closed: its streams are over
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -628,8 +642,9 @@ class StreamingClient:
     ) -> concurrent.futures.Future[Any]:
         """Open a stream and return at once with a future for its end (the handler's return value);
         ``on_item(item)`` runs for each item, then ``on_done(result)`` or ``on_error(exc)``, on the
-        client's loop thread. ``cancel()`` on the future stops the stream. An ``on_item`` that raises
-        stops the stream with that exception."""
+        client's loop thread. An item is taken when ``on_item`` returns, or when the future (or
+        awaitable) it returns completes: the producer never runs more than the window ahead of that.
+        ``cancel()`` on the future stops the stream; an ``on_item`` that raises stops it with that."""
         return self._stream_async(method, args, kwargs, self._defaults, on_item, on_done, on_error)
 
     def stream_blocking(self, method: str, /, *args: Any, **kwargs: Any) -> BlockingStream:

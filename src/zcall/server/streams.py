@@ -551,6 +551,7 @@ class RouterStreams:
         if srv._batch_out:
             srv._flush_to(st.key[0])  # answers to this caller queued for a batch leave first
         if srv._send(envelope or st.envelope, frame):
+            srv._reader.check()  # type: ignore[union-attr]  # a send may swallow the readable edge
             return
         if srv._send_errno == zmq.EHOSTUNREACH:
             self._lost(st)
