@@ -203,7 +203,9 @@ def test_ls_lists_signatures_and_docs_aligned(served: ProcessHandle) -> None:
     assert double.startswith("double(x: int) -> int") and double.endswith("Return twice x.")
     assert double.index("Return twice x.") == boom.index("Always raise")  # the doc column is aligned
     assert any(line.startswith("zcall.ping()") for line in lines)
-    assert lines[-1].startswith("(8 methods, ")
+    count = next(line for line in lines if line.startswith("count("))
+    assert count.endswith("[stream]")  # a generator: it answers stream(), not call()
+    assert lines[-1].startswith("(9 methods, ")
 
 
 def test_ping_reports_rtt_service_and_pid(served: ProcessHandle) -> None:

@@ -15,7 +15,7 @@ from zcall.testing import free_tcp_endpoint, running_server, spawn, spawn_server
 from zcall.tools.conform import load_vectors, run
 
 SERVICE = "helpers.services:service"
-OPTIONS = ["--retry-method", "incr", "--slow", "slow", "--json"]
+OPTIONS = ["--retry-method", "incr", "--slow", "slow", "--stream-method", "count", "--json"]
 
 
 def results(stdout: str) -> dict[str, dict[str, str]]:

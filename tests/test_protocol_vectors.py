@@ -24,14 +24,18 @@ from zcall.protocol.wire import (
     Batch,
     Call,
     Cancel,
+    Credit,
+    End,
     ErrorRecord,
     ErrorReply,
     Event,
+    Item,
     Message,
     Notify,
     Ping,
     Pong,
     Reply,
+    Stream,
 )
 
 VECTORS_PATH = pathlib.Path(__file__).resolve().parent.parent / "docs" / "protocol-vectors.json"
@@ -130,7 +134,7 @@ def message_as_read(m: dict[str, Any]) -> dict[str, Any]:
     """A vector's ``message`` with kwargs and meta read as a receiver reads them (nil kwargs: ``{}``)."""
     if m["kind"] == "BATCH":
         return {**m, "items": [message_as_read(x) for x in m["items"]]}
-    if m["kind"] not in ("CALL", "NOTIFY"):
+    if m["kind"] not in ("CALL", "NOTIFY", "STREAM"):
         return m
     return {
         **m,
@@ -142,6 +146,30 @@ def message_as_read(m: dict[str, Any]) -> dict[str, Any]:
 def message_to_json(msg: Message) -> dict[str, Any]:
     """Render a decoded message the way the vectors state it (kwargs and meta as read)."""
     t = type(msg)
+    if t is Stream:
+        meta: dict[str, Any] = {}
+        if msg.deadline_ms is not None:
+            meta["deadline"] = msg.deadline_ms
+        if msg.headers is not None:
+            meta["headers"] = to_json(msg.headers)
+        options: dict[str, Any] = {"credit": msg.credit}
+        if msg.input is not None:
+            options["input"] = msg.input
+        if msg.pull:
+            options["pull"] = True
+        return {
+            "kind": "STREAM",
+            "id": msg.id,
+            "method": msg.method,
+            "args": to_json(list(msg.args)),
+            "kwargs": to_json(msg.kwargs),
+            "meta": meta,
+            "options": options,
+        }
+    if t is Item:
+        return {"kind": "ITEM", "id": msg.id, "item": to_json(msg.item)}
+    if t is Credit:
+        return {"kind": "CREDIT", "id": msg.id, "n": msg.n}
     if t is Call or t is Notify:
         meta: dict[str, Any] = {}
         if msg.deadline_ms is not None:
@@ -211,7 +239,24 @@ def message_from_json(m: dict[str, Any]) -> Message:
         return Event(id_, m["topic"], from_json(m["payload"]))
     if kind == "BATCH":
         return Batch(id_, [message_from_json(x) for x in m["items"]])
-    return {"PING": Ping, "PONG": Pong, "CANCEL": Cancel}[kind](id_)
+    if kind == "STREAM":
+        meta, opts = m["meta"], m["options"]
+        return Stream(
+            id_,
+            m["method"],
+            from_json(m["args"]),
+            from_json(m["kwargs"]),
+            meta.get("deadline"),
+            from_json(meta["headers"]) if "headers" in meta else None,
+            opts["credit"],
+            opts.get("input"),
+            opts.get("pull", False),
+        )
+    if kind == "ITEM":
+        return Item(id_, from_json(m["item"]))
+    if kind == "CREDIT":
+        return Credit(id_, m["n"])
+    return {"PING": Ping, "PONG": Pong, "CANCEL": Cancel, "END": End}[kind](id_)
 
 
 # -- the file itself ------------------------------------------------------------------------------------
@@ -226,7 +271,21 @@ def test_vector_file_is_well_formed():
         assert v["description"], v["name"]
         bytes.fromhex(v["hex"])
     kinds = {v["message"]["kind"] for v in POSITIVE}
-    assert kinds == {"CALL", "REPLY", "ERROR", "NOTIFY", "EVENT", "PING", "PONG", "CANCEL", "BATCH"}
+    assert kinds == {
+        "CALL",
+        "REPLY",
+        "ERROR",
+        "NOTIFY",
+        "EVENT",
+        "PING",
+        "PONG",
+        "CANCEL",
+        "BATCH",
+        "STREAM",
+        "ITEM",
+        "CREDIT",
+        "END",
+    }
     errors = {v["error"] for v in NEGATIVE}
     assert errors == {"PROTOCOL_ERROR", "UNSUPPORTED_VERSION", "MESSAGE_TOO_LARGE"}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import zcall
@@ -63,6 +64,15 @@ async def adouble(x: int) -> int:
     """Coroutine handler: await something, then return twice x."""
     await asyncio.sleep(0)
     return x * 2
+
+
+@service.method
+def count(n: int, every: float = 0.0) -> Iterator[int]:
+    """Stream 0 ... n-1, one item each ``every`` seconds."""
+    for i in range(n):
+        if every:
+            time.sleep(every)
+        yield i
 
 
 @service.method

@@ -20,6 +20,13 @@ section 7 reserves. What it checks, by section:
 - **§6 retry cache** (``--retry-method M``: a method without arguments whose answer changes every call,
   e.g. a counter): a resend with ``retry = true`` gets the kept reply, even with deadline 0;
 - **cancel** (``--slow M``: a method taking seconds to sleep): the CANCEL of a running call;
+- **§7 streams** (optional: a server without them answers a STREAM with PROTOCOL_ERROR, which passes):
+  the STREAM vectors are answered like a CALL (ITEMs, then REPLY or ERROR, or a refusal), an ITEM,
+  CREDIT or END of no open stream is dropped (ROUTER) or answered PROTOCOL_ERROR (REP-style); with
+  ``--stream-method M`` (a generator taking a count n and yielding n items): a pushed stream sends no
+  item beyond its credit and the rest after a CREDIT, then its REPLY; a pulled stream (REQ) answers
+  each pull once, with at most its credit; a CANCEL stops a stream; an item beyond the credit a server
+  granted... needs a method with input, so it is not checked here (zcall's tests do);
 - **graceful stop** (``--stop``, destructive: the server is sent SIGTERM through the pid its
   ``zcall.ping`` reports, so local servers only): a call in flight (with ``--slow``) is answered, a new
   one gets UNAVAILABLE or nothing, the process exits, the port is free again.
@@ -128,7 +135,9 @@ class Answer:
             return "an empty-body ACK"
         if self.error is not None:
             return f"an unreadable body ({self.error})"
-        kind = {2: "REPLY", 3: "ERROR", 7: "PONG"}.get(self.kind or 0, f"kind {self.kind!r}")
+        kind = {2: "REPLY", 3: "ERROR", 7: "PONG", 11: "ITEM", 12: "CREDIT"}.get(
+            self.kind or 0, f"kind {self.kind!r}"
+        )
         extra = ""
         if self.kind == 3:
             try:
@@ -245,6 +254,7 @@ class Conformance:
     vectors: list[dict[str, Any]] = field(default_factory=load_vectors)
     retry_method: str | None = None
     slow_method: str | None = None
+    stream_method: str | None = None
     stop: bool = False
     seed: int = 0
     kind: str = "?"
@@ -571,6 +581,155 @@ def _cancel_running(c: Conformance) -> str:
     return f"the call: {answers[0].describe() if answers else 'nothing'} ({c.kind})"
 
 
+def _stream_body(rid: int, method: str, args: list[Any], credit: int, pull: bool = False) -> bytes:
+    opts: dict[str, Any] = {"credit": credit}
+    if pull:
+        opts["pull"] = True
+    return pack_raw([1, 10, rid, method, args, {}, {"deadline": 10000}, opts])
+
+
+def _stream_until(c: Conformance, rid: int, items: list[Any], limit: int, what: str) -> Answer | None:
+    """Take the ITEMs of stream ``rid`` until its end (returned) or until the fence (None); fail past
+    ``limit`` items."""
+    for a in c.probe.fence():
+        if a.id != rid:
+            continue
+        if a.kind == 11:
+            items.append(a.value[3] if len(a.value) > 3 else None)
+            if len(items) > limit:
+                raise Failed(f"{what}: {len(items)} items came, past the credit of {limit}")
+        elif a.kind in (2, 3):
+            return a
+        else:
+            raise Failed(f"{what}: got {a.describe()}")
+    return None
+
+
+@check("streams:push", "§7", "a pushed stream: no item past its credit, the rest after CREDIT, then REPLY")
+def _stream_push(c: Conformance) -> str:
+    m = c.stream_method
+    if m is None:
+        raise Skipped("needs --stream-method M: a generator taking a count n and yielding n items")
+    rid = c.probe.next_id()
+    c.probe.send(_stream_body(rid, m, [20], 3))
+    items: list[Any] = []
+    end = _stream_until(c, rid, items, 3, "credit 3")
+    if end is not None:
+        if end.code == StatusCode.PROTOCOL_ERROR:
+            data = end.value[3].get("data") if isinstance(end.value[3], dict) else None
+            if isinstance(data, dict) and data.get("pull") is True:
+                return "refused: this server answers pulls only (data pull: true; allowed)"
+            return "refused: the server takes no streams (allowed)"
+        raise Failed(f"the stream ended with {end.describe()} after {len(items)} of 20 items")
+    deadline = time.monotonic() + c.timeout
+    while len(items) < 3 and time.monotonic() < deadline:  # a pool may make the first ones late
+        end = _stream_until(c, rid, items, 3, "credit 3")
+        if end is not None:
+            raise Failed(f"the stream ended with {end.describe()} after {len(items)} items")
+    if len(items) != 3:
+        raise Failed(f"{len(items)} items within {c.timeout:g}s, not the 3 its credit allowed")
+    c.probe.send(pack_raw([1, 12, rid, 18]))  # one more than it has items: its end may need it
+    while end is None and time.monotonic() < deadline + c.timeout:
+        end = _stream_until(c, rid, items, 20, "credit 21")
+    if end is None or end.kind != 2:
+        raise Failed(f"after CREDIT 18: {len(items)} items and {end.describe() if end else 'no end'}")
+    if items != list(range(20)):
+        raise Failed(f"items {items[:5]}... are not 0 ... 19 in order")
+    return "3 items, then the other 17 after CREDIT 18, then REPLY"
+
+
+@check("streams:pull", "§7", "a pulled stream (REQ): one answer per pull, at most its credit, then the end")
+def _stream_pull(c: Conformance) -> str:
+    m = c.stream_method
+    if m is None:
+        raise Skipped("needs --stream-method M: a generator taking a count n and yielding n items")
+    sock = c.ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(c.endpoint)
+        rid = c.probe.next_id()
+        sock.send(_stream_body(rid, m, [10], 4, pull=True))
+        items: list[Any] = []
+        answers = 0
+        while True:
+            if not sock.poll(int(c.timeout * 1000)):
+                raise Failed(f"no answer to pull {answers + 1}")
+            got = _flat(_read([sock.recv()]))
+            answers += 1
+            news = [x for x in got if x.kind == 11]
+            if len(news) > 4:
+                raise Failed(f"an answer of {len(news)} items to a pull of 4")
+            items += [x.value[3] for x in news]
+            ends = [x for x in got if x.kind in (2, 3)]
+            if ends:
+                if ends[0].code == StatusCode.PROTOCOL_ERROR and not items:
+                    return "refused: the server takes no streams (allowed)"
+                if ends[0].kind != 2 or items != list(range(10)):
+                    raise Failed(f"ended with {ends[0].describe()} after items {items}")
+                return f"10 items in {answers} answers, then REPLY"
+            if not news:
+                raise Failed(f"an answer with no item and no end: {[x.describe() for x in got]}")
+            if answers > 10:
+                raise Failed("more than 10 answers for 10 items")
+            sock.send(pack_raw([1, 12, rid, 4]))
+    finally:
+        sock.close(linger=0)
+
+
+@check("streams:cancel", "§7", "a CANCEL stops a stream: no item after it, and the server goes on")
+def _stream_cancel(c: Conformance) -> str:
+    m = c.stream_method
+    if m is None:
+        raise Skipped("needs --stream-method M: a generator taking a count n and yielding n items")
+    if c.kind == "rep":
+        return _stream_cancel_pulled(c, m)
+    rid = c.probe.next_id()
+    c.probe.send(_stream_body(rid, m, [10**9], 2))
+    items: list[Any] = []
+    deadline = time.monotonic() + c.timeout
+    while len(items) < 2 and time.monotonic() < deadline:
+        end = _stream_until(c, rid, items, 2, "credit 2")
+        if end is not None:
+            return (
+                "refused: the server takes no streams (allowed)" if not items else f"ended: {end.describe()}"
+            )
+    c.probe.send(pack_raw([1, 8, rid]))
+    c.probe.send(pack_raw([1, 12, rid, 5]))  # credit for a cancelled stream: dropped
+    late = [a.describe() for a in c.probe.fence() if a.id == rid]
+    if late:
+        raise Failed(f"after CANCEL the stream still sent {late}")
+    return f"{len(items)} items, then nothing after CANCEL"
+
+
+def _stream_cancel_pulled(c: Conformance, m: str) -> str:
+    """A REP-style server: a pulled stream's CANCEL gets the ACK, and a pull after it PROTOCOL_ERROR."""
+    sock = c.ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(c.endpoint)
+        rid = c.probe.next_id()
+        answers = []
+        for body in (
+            _stream_body(rid, m, [10**9], 2, pull=True),
+            pack_raw([1, 8, rid]),
+            pack_raw([1, 12, rid, 2]),
+        ):
+            sock.send(body)
+            if not sock.poll(int(c.timeout * 1000)):
+                raise Failed(f"no answer to request {len(answers) + 1} of a pulled stream")
+            answers.append(_read([sock.recv()]))
+        first, ack, late = answers
+        if first.code == StatusCode.PROTOCOL_ERROR:
+            return "refused: the server takes no streams (allowed)"
+        if not ack.is_ack:
+            raise Failed(f"the CANCEL of a pulled stream was answered {ack.describe()}, not the ACK")
+        if late.code != StatusCode.PROTOCOL_ERROR or late.id != rid:
+            raise Failed(f"a pull after the CANCEL was answered {late.describe()}: the stream is still open")
+        return "a pull, then CANCEL (ACK), then a pull: PROTOCOL_ERROR (no such stream)"
+    finally:
+        sock.close(linger=0)
+
+
 @check("alive", "§10", "still serving after everything above", late=True)
 def _alive(c: Conformance) -> str:
     c.fresh()
@@ -649,6 +808,10 @@ _KINDS = {
     "PONG": 7,
     "CANCEL": 8,
     "BATCH": 9,
+    "STREAM": 10,
+    "ITEM": 11,
+    "CREDIT": 12,
+    "END": 13,
 }
 
 
@@ -664,7 +827,8 @@ def _batch_vector(c: Conformance, body: bytes, items: list[dict[str, Any]]) -> s
     """A BATCH is optional: refused whole (one PROTOCOL_ERROR, id 0), or each item answered as if it
     had come alone (coalesced into BATCH answers or not; a call's answer may come after later items')."""
     c.probe.send(body)
-    want = {m["id"]: m for m in items if m["kind"] not in ("NOTIFY", "CANCEL")}
+    quiet = ("NOTIFY", "CANCEL", "ITEM", "CREDIT", "END")  # no answer (an ITEM of no open stream: dropped)
+    want = {m["id"]: m for m in items if m["kind"] not in quiet}
     got: dict[int | None, Answer] = {}
     deadline = time.monotonic() + c.probe.timeout
     while len(got) < len(want):
@@ -694,6 +858,38 @@ def _batch_vector(c: Conformance, body: bytes, items: list[dict[str, Any]]) -> s
         if m["kind"] in ("REPLY", "ERROR", "EVENT", "PONG"):
             expect_error(a, StatusCode.PROTOCOL_ERROR, rid)
     return f"taken: one answer per item ({len(got)})"
+
+
+def _stream_vector(c: Conformance, body: bytes, rid: int) -> str:
+    """A valid STREAM is answered as a CALL would be (ITEMs first if it runs), or refused whole with
+    PROTOCOL_ERROR by a server without streams (or without that kind); nothing is left open after."""
+    c.probe.send(body)
+    items = 0
+    deadline = time.monotonic() + c.probe.timeout
+    a = None
+    while a is None:
+        got = c.probe.recv(max(0.0, deadline - time.monotonic()))
+        if got is None:
+            raise Failed(f"no answer with id {rid} within {c.probe.timeout:g}s")
+        for x in _flat(got):  # a pull is answered with one BATCH of items (and maybe the end)
+            if x.id == rid and x.kind == 11:
+                items += 1
+            elif x.id == rid:
+                a = x
+        if a is None and got.kind == 9 and items:
+            break  # a pull answered with items only: the stream stays open for the next pull
+    if a is None:
+        c.probe.send(pack_raw([1, 8, rid]))
+        c.probe.fence()
+        return f"answered with {items} items (a pull); cancelled"
+    if a.kind not in (2, 3) or a.code == StatusCode.UNSUPPORTED_VERSION:
+        raise Failed(f"a valid STREAM was answered {a.describe()}")
+    if items:
+        c.probe.send(pack_raw([1, 8, rid]))  # the method existed: leave nothing open
+        c.probe.fence()
+    if a.code == StatusCode.PROTOCOL_ERROR:
+        return f"refused: {a.describe()} (no streams, or not this kind: allowed)"
+    return a.describe() + (f" after {items} items" if items else "")
 
 
 def _vector_check(v: dict[str, Any]) -> Callable[[Conformance], str | None]:
@@ -726,6 +922,16 @@ def _vector_check(v: dict[str, Any]) -> Callable[[Conformance], str | None]:
             return a.describe()
         if kind in (4, 8):
             return c.silent(body, m["kind"])
+        if kind == 10:
+            return _stream_vector(c, body, rid)
+        if kind in (11, 12, 13):
+            c.probe.send(body)  # of no open stream: dropped (ROUTER), or PROTOCOL_ERROR (REP-style)
+            got = c.probe.fence()
+            if not got:
+                return "dropped: no such stream"
+            if len(got) == 1 and got[0].code == StatusCode.PROTOCOL_ERROR and got[0].id == rid:
+                return "ERROR PROTOCOL_ERROR (no such stream here)"
+            raise Failed(f"{m['kind']} of no open stream: expected nothing or one PROTOCOL_ERROR, got {got}")
         c.probe.send(body)  # a kind only servers send: rule 8
         got = c.probe.fence()
         if len(got) != 1:

@@ -136,6 +136,8 @@ def cmd_ls(ns: argparse.Namespace) -> int:
                 flags.append("async")
             if m.get("idempotent"):
                 flags.append("idempotent")
+            if m.get("stream"):
+                flags.append("stream")
             sig = f"{m.get('name')}{_unquote_annotations(str(m.get('signature', '(...)')))}"
             rows.append((sig, m.get("doc", "") + (f"  [{', '.join(flags)}]" if flags else "")))
         width = min(max((len(s) for s, _ in rows), default=0), 70)

@@ -20,6 +20,7 @@ def cmd_conform(ns: argparse.Namespace) -> int:
         vectors=load_vectors(ns.vectors),
         retry_method=ns.retry_method,
         slow_method=ns.slow,
+        stream_method=ns.stream_method,
         stop=ns.stop,
         seed=ns.seed,
     )
@@ -58,6 +59,12 @@ def add_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         default=None,
         metavar="M",
         help="a method taking seconds to sleep: checks cancel and, with --stop, a call in flight",
+    )
+    p.add_argument(
+        "--stream-method",
+        default=None,
+        metavar="M",
+        help="a generator taking a count n and yielding n items: checks credit, pulls and cancel",
     )
     p.add_argument(
         "--stop",
