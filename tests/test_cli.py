@@ -149,6 +149,23 @@ def test_call_json_keywords_and_value_parsing(served: ProcessHandle) -> None:
     }
 
 
+def test_call_prints_a_streams_items_as_they_arrive(served: ProcessHandle) -> None:
+    for extra in ([], ["--async"]):
+        r = zcall_cli("call", *extra, served.endpoint, "count", "3", "--json")
+        assert (r.returncode, r.stdout.splitlines()) == (0, ["0", "1", "2"]), r.stderr
+    argv = [sys.executable, "-m", "zcall", "call", served.endpoint, "count", "3", "--kw", "every=0.4"]
+    t0 = time.monotonic()
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=child_env()) as proc:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        first_at = time.monotonic() - t0
+        rest = proc.stdout.read()
+        assert proc.wait(10) == 0
+    took = time.monotonic() - t0
+    assert (first, rest) == ("0\n", "1\n2\n")
+    assert took - first_at >= 0.6, (first_at, took)  # the first line came while the stream went on
+
+
 def test_call_async_uses_a_dealer(served: ProcessHandle) -> None:
     r = zcall_cli("call", "--async", served.endpoint, "adouble", "5", "--json")
     assert (r.returncode, json.loads(r.stdout)) == (0, 10), r.stderr

@@ -708,7 +708,7 @@ def _stream_cancel_pulled(c: Conformance, m: str) -> str:
     try:
         sock.connect(c.endpoint)
         rid = c.probe.next_id()
-        answers = []
+        answers: list[Answer] = []
         for body in (
             _stream_body(rid, m, [10**9], 2, pull=True),
             pack_raw([1, 8, rid]),

@@ -1,4 +1,9 @@
-"""The one-shot client commands: ``zcall call``, ``ls``, ``ping`` and ``stats``."""
+"""The one-shot client commands: ``zcall call``, ``ls``, ``ping`` and ``stats``.
+
+``zcall call`` of a method that streams (the server refuses the plain call with ``{"stream": true}``)
+opens it as a stream and prints each item as it arrives, one line each (one JSON value per line with
+``--json``), then the handler's return value when it is not None; ``--timeout`` covers the whole stream.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,10 @@ import json
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from ...errors import CallTimeout
+from ...errors import CallTimeout, InvalidArguments
 from .common import (
     EXIT_ERROR,
     EXIT_OK,
@@ -93,15 +98,67 @@ def _call(
         return client.call(method, *args, **kwargs)
 
 
+def _stream(
+    endpoints: list[str],
+    method: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    timeout: float,
+    use_async: bool,
+    security: Any,
+    emit: Callable[[Any], None],
+) -> Any:
+    """Open ``method`` as a stream, ``emit`` each item as it arrives; returns the handler's result."""
+    if use_async:
+        from ...client.asynchronous import AsyncClient
+
+        async def go() -> Any:
+            client = AsyncClient(endpoints, timeout=timeout, security=security)
+            try:
+                s = client.stream(method, *args, **kwargs)
+                async for item in s:
+                    emit(item)
+                return s.result
+            finally:
+                client.close()
+
+        return asyncio.run(go())
+    from ...client.sync import SyncClient
+
+    with SyncClient(endpoints, timeout=timeout, security=security) as client:
+        stream = client.stream(method, *args, **kwargs)
+        try:
+            for item in stream:
+                emit(item)
+        finally:
+            stream.close()  # Ctrl-C included: the server's generator stops
+        return stream.result
+
+
+def _streams(exc: InvalidArguments) -> bool:
+    """Whether a refusal says the method streams (so ``zcall call`` opens it as a stream)."""
+    return isinstance(exc.data, dict) and exc.data.get("stream") is True
+
+
 def cmd_call(ns: argparse.Namespace) -> int:
     eps = endpoints(ns.endpoint, ns.mesh)
     security = _client_security(ns)
     args = [parse_value(a) for a in ns.args]
     kwargs = _parse_kw(ns.kw)
 
+    def show(value: Any) -> None:
+        print(to_json(value) if ns.json else readable(value), flush=True)
+
     def go() -> int:
-        result = _call(eps, ns.method, args, kwargs, ns.timeout, ns.use_async, security)
-        print(to_json(result) if ns.json else readable(result), flush=True)
+        try:
+            result = _call(eps, ns.method, args, kwargs, ns.timeout, ns.use_async, security)
+        except InvalidArguments as exc:
+            if not _streams(exc):
+                raise
+            result = _stream(eps, ns.method, args, kwargs, ns.timeout, ns.use_async, security, show)
+            if result is None:
+                return EXIT_OK
+        show(result)
         return EXIT_OK
 
     return one_shot(go, json_errors=ns.json, where=eps, call_timeout=ns.timeout, security=security)
@@ -297,7 +354,9 @@ def add_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
             "traceback on stderr and exits 1; no reply within --timeout exits 3 (after a ping that says\n"
             "whether the server is slow or missing); a bad endpoint or argument exits 2; Ctrl-C exits 130.\n"
             "With --json the result is JSON on stdout, and an error one JSON object on stderr:\n"
-            '  {"error": {"type", "message", "code", "code_name", "endpoint", "exit_code", ...}}'
+            '  {"error": {"type", "message", "code", "code_name", "endpoint", "exit_code", ...}}\n'
+            "A method that streams prints each item as it arrives, one line (one JSON value) each, then\n"
+            "its return value if it has one; --timeout covers the whole stream."
         ),
         formatter_class=fmt,
     )
