@@ -137,7 +137,7 @@ def test_a_spec_makes_the_fake_refuse_arguments_the_real_one_would() -> None:
 
 
 class Countdown(Behaviour):
-    """A behaviour of the test's own: the extension point (streams will be one)."""
+    """A behaviour of the test's own: the extension point (``Streams`` is one)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -152,10 +152,33 @@ class Countdown(Behaviour):
 def test_behaviours_are_the_extension_point() -> None:
     with FakeServer() as fake:
         fake.on("tick").add(Countdown())
-        with pytest.raises(NotImplementedError, match="no streams yet"):
-            fake.on("feed").streams([1, 2, 3])
         with zcall.SyncClient(fake.endpoint, timeout=5) as c:
             assert [c.call("tick") for _ in range(3)] == [2, 1, 0]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_fake_streams_its_scripted_items_on_every_face(kind: str) -> None:
+    with FakeServer("feeds", kind=kind) as fake:  # type: ignore[arg-type]
+        fake.on("feed").streams([1, 2, 3], times=1).streams(["a"], interval=0.05, raises=KeyError("gone"))
+        with zcall.SyncClient(fake.endpoint, timeout=5) as c:
+            assert list(c.stream("feed", "prices")) == [1, 2, 3]  # pulled over REQ
+            got = []
+            with pytest.raises(zcall.RemoteError) as info:
+                for item in c.stream("feed"):
+                    got.append(item)
+            assert got == ["a"] and info.value.type == "KeyError"  # the error after the items
+            with pytest.raises(zcall.InvalidArguments):
+                c.call("feed")  # refused as a real streaming method's plain call is
+
+        async def main() -> list[Any]:
+            async with zcall.AsyncClient(fake.endpoint, timeout=5) as ac:
+                fake.on("ticker").streams(range(5))
+                return [x async for x in ac.stream("ticker")]
+
+        assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+        (first, *_) = fake.calls_to("feed")
+        assert first.args == ("prices",)
 
 
 @pytest.mark.timeout(30)

@@ -157,3 +157,29 @@ def test_every_client_face_sends_traceparent_and_gets_a_client_span(traced: Any,
     assert {s["parent_id"] for s in servers} == {s["span_id"] for s in clients}
     assert {s["parent_id"] for s in steps} == {s["span_id"] for s in servers}
     assert all(s["name"] == "echoer/headers" and s["attributes"]["rpc.service"] == "echoer" for s in clients)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_stream_is_one_span_on_each_side_with_its_items_counted(traced: Any, kind: str) -> None:
+    provider, exporter = traced
+    svc = zcall.Service("feeds")
+    instrument(svc, tracer_provider=provider)
+
+    @svc.method
+    def feed(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    tracing = [TracingClientInterceptor(tracer_provider=provider)]
+    with running_server(svc, kind=kind) as server:  # type: ignore[arg-type]
+        with zcall.SyncClient(server.endpoint, timeout=5, interceptors=tracing) as sync:
+            assert list(sync.stream("feed", 40)) == list(range(40))  # pulled: several answers
+        with zcall.AsyncClient(server.endpoint, timeout=5, interceptors=tracing) as ac:
+            assert list(ac.stream_blocking("feed", 30)) == list(range(30))
+    spans = [span_record(s) for s in exporter.get_finished_spans()]
+    clients = [s for s in spans if s["kind"] == "CLIENT"]
+    servers = [s for s in spans if s["kind"] == "SERVER"]
+    assert len(clients) == len(servers) == 2  # one span per stream, not per item or per pull
+    assert [s["attributes"]["rpc.zcall.stream.items_received"] for s in clients] == [40, 30]
+    assert all(s["attributes"]["rpc.zcall.stream"] is True for s in clients + servers)
+    assert {s["parent_id"] for s in servers} == {s["span_id"] for s in clients}

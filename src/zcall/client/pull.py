@@ -142,6 +142,7 @@ class SyncStream(Iterator[Any]):
         window = opts.window or DEFAULT_WINDOW
         call = client._begin(method, args, kwargs, opts, stream=(window, None, True))
         self._call = call
+        call.stream = self  # what interceptors see of it (the OpenTelemetry span counts its items)
         self._window = Window(window, pull=True)
         self._stats = client.metrics.stats(method).streams()
         self._stats.started()
@@ -258,8 +259,7 @@ class SyncStream(Iterator[Any]):
     def _end(self) -> None:
         self._over = True
         if self._tally is not None:
-            self._tally.flush()
-            self._tally = Tally()  # flushed once
+            self._tally.close()
         if self._stats is not None:
             self._stats.ended()
             self._stats = None

@@ -204,6 +204,11 @@ class Tally:
         if self._unflushed >= Tally.EVERY:
             self.flush()
 
+    def close(self) -> None:
+        """The stream ended: a last flush, and no more reports (the totals stay readable)."""
+        self.flush()
+        self._sink = None
+
     def flush(self) -> None:
         """Hand what moved since the last flush to the sink."""
         self._unflushed = 0

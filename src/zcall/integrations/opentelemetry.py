@@ -22,6 +22,10 @@ Needs the extra: ``pip install 'zcall[opentelemetry]'``. ::
   ``rpc.service`` (the service's name on server spans; on client spans when given), ``rpc.zcall.status_code``
   (the wire status code, 0 for OK); on failure ``error.type`` and span status ERROR, with the
   exception recorded. ``server.address`` is the endpoint a client call went to.
+- A **stream** is one span (client and server), from its open to its end, with
+  ``rpc.zcall.stream = true``; a client span also counts the items it moved
+  (``rpc.zcall.stream.items_received`` / ``items_sent``). No span per item: that would cost more
+  than the item.
 
 Spans end where the call ends (the client's loop thread on the async faces): OpenTelemetry spans may be
 ended from any thread.
@@ -139,6 +143,13 @@ class TracingClientInterceptor(ClientInterceptor):
         span = call.state.pop(_SPAN, None) if call._state is not None else None
         if span is not None and call.endpoint:
             span.set_attribute("server.address", str(call.endpoint))
+        stream = call.stream
+        if span is not None and stream is not None:
+            span.set_attribute("rpc.zcall.stream", True)
+            tally = getattr(stream, "tally", None) or getattr(stream, "_tally", None)
+            if tally is not None:
+                span.set_attribute("rpc.zcall.stream.items_received", tally.items_in)
+                span.set_attribute("rpc.zcall.stream.items_sent", tally.items_out)
         return span
 
     def on_reply(self, call: OutgoingCall, result: Any) -> Any:
@@ -178,6 +189,8 @@ class TracingServerInterceptor(ServerInterceptor):
             attributes["rpc.service"] = self._service
         if call.caller:
             attributes["client.address"] = str(call.caller)
+        if call.is_stream:
+            attributes["rpc.zcall.stream"] = True
         name = f"{self._service}/{call.method}" if self._service else call.method
         call.state[_SPAN] = self._tracer.start_span(
             name, context=parent, kind=SpanKind.SERVER, attributes=attributes

@@ -21,7 +21,10 @@ records every call reaching it and lets a test wait until a method was called N 
 asyncio, or ``with recorder.waiter(method, n):`` around the code that causes the calls.
 
 What a scripted answer does is a ``Behaviour``; subclass it (override ``run``) for answers the built-in
-ones do not give. Streams will be one such behaviour: ``MethodScript.streams`` is their placeholder.
+ones do not give. ``fake.on("tail").streams(["a", "b"], interval=0.1)`` answers ``stream()`` with those
+items (a plain ``call()`` of it is refused as a real streaming method's is); with ``raises=`` the stream
+ends with that error after its items. A behaviour's ``run`` may also return any iterator or async
+iterator of its own: it is streamed.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import contextlib
 import inspect
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
@@ -55,6 +58,7 @@ __all__ = [
     "RecordedCall",
     "Rejects",
     "Returns",
+    "Streams",
 ]
 
 _PENDING = object()
@@ -260,6 +264,30 @@ class Calls(Behaviour):
         return self.fn(*args, **kwargs)
 
 
+class Streams(Behaviour):
+    """Answer a stream with ``items`` (one each ``interval`` seconds, on the fake's loop: other calls go on
+    meanwhile), then end it, or raise ``raises`` after the items."""
+
+    def __init__(
+        self, items: Any, *, interval: float = 0.0, raises: BaseException | None = None, **kw: Any
+    ) -> None:
+        super().__init__(**kw)
+        self.items = list(items)
+        self.interval = interval
+        self.raises = raises
+
+    def run(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        async def stream() -> AsyncIterator[Any]:
+            for item in self.items:
+                if self.interval > 0:
+                    await asyncio.sleep(self.interval)
+                yield item
+            if self.raises is not None:
+                raise self.raises
+
+        return stream()
+
+
 class MethodScript:
     """What one method of a fake answers, in order: each behaviour answers its ``times`` calls, then the
     next takes over; the last one without ``times`` answers forever. Methods return the script, so
@@ -305,10 +333,18 @@ class MethodScript:
     def calls(self, fn: Callable[..., Any], *, times: int | None = None, delay: float = 0.0) -> MethodScript:
         return self.add(Calls(fn, times=times, delay=delay))
 
-    def streams(self, items: Any) -> MethodScript:
-        """Placeholder for streamed answers: zcall has no streams yet. When it does, a stream behaviour
-        (a ``Behaviour`` subclass) plugs in here; until then this raises."""
-        raise NotImplementedError("zcall has no streams yet: script a Behaviour of your own meanwhile")
+    def streams(
+        self,
+        items: Any,
+        *,
+        interval: float = 0.0,
+        raises: BaseException | None = None,
+        times: int | None = None,
+        delay: float = 0.0,
+    ) -> MethodScript:
+        """Answer ``stream()`` with ``items`` (``Streams``): one each ``interval`` seconds, then the end,
+        or ``raises`` after them."""
+        return self.add(Streams(items, interval=interval, raises=raises, times=times, delay=delay))
 
     def reset(self) -> MethodScript:
         """Forget every behaviour (the method then answers NotScripted)."""
