@@ -388,6 +388,328 @@ class PipelinedCallbacks:
         self.client.close()
 
 
+# -- streams ----------------------------------------------------------------------------------------
+#
+# A "call" of these workloads is one item; its latency is the gap since the item before it. Every run
+# opens one stream of an endless producer, takes items for the budget, then stops it (the raw floor:
+# ["stop"]; zcall: close, which sends CANCEL), so opening and stopping are inside the measurement.
+
+STREAM_WINDOW = 64
+"""Items in flight for the small-item stream workload, on every row (the raw floor grants the same)."""
+CHUNK = 1024 * 1024
+CHUNK_WINDOW = 8
+
+
+def _until(budget: Budget) -> tuple[int, int | None]:
+    """(most items, stop time in perf_counter_ns or None) for a budget."""
+    limit = budget.calls if budget.calls is not None else sys.maxsize
+    stop = (
+        time.perf_counter_ns() + int(budget.seconds * 1e9)
+        if budget.calls is None and budget.seconds
+        else None
+    )
+    return limit, stop
+
+
+class RawStream:
+    """The raw floor: ``["items", size, window]`` to a ROUTER that streams under credit; the caller
+    grants half the window each time half was taken, as zcall's clients do."""
+
+    def __init__(self, endpoint: str, size: int, window: int) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.rcvtimeo = RECV_TIMEOUT_MS
+        self.sock.connect(endpoint)
+        self.size, self.window = size, window
+        self.run(Budget(calls=1))
+
+    def run(self, budget: Budget) -> Sample:
+        pc = time.perf_counter_ns
+        send, recv, packb, unpackb = self.sock.send, self.sock.recv, msgpack.packb, msgpack.unpackb
+        limit, stop = _until(budget)
+        half = self.window // 2 or 1
+        credit_msg = packb(["credit", half])
+        lat: list[int] = []
+        start = prev = pc()
+        send(packb(["items", self.size, self.window]))
+        freed = n = 0
+        size = self.size
+        try:
+            while n < limit:
+                item = unpackb(recv(copy=False).buffer)
+                if size and len(item) != size:
+                    raise BenchError("raw stream: a chunk of the wrong size")
+                now = pc()
+                lat.append(now - prev)
+                prev = now
+                n += 1
+                freed += 1
+                if freed == half:
+                    send(credit_msg)
+                    freed = 0
+                if stop is not None and now >= stop:
+                    break
+        except zmq.Again:
+            raise BenchError("raw stream: no item within the timeout") from None
+        send(packb(["stop"]))
+        while unpackb(recv()) != "stopped":  # the items already on their way, then its answer
+            pass
+        return Sample(n, (pc() - start) / 1e9, lat)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _items_sample(lat: list[int], start: int, end: int) -> Sample:
+    return Sample(len(lat), (end - start) / 1e9, lat)
+
+
+class ZcallStreamBlocking:
+    """``for item in client.stream_blocking(method)`` (DEALER) or ``SyncClient.stream`` (REQ, pulled)."""
+
+    def __init__(
+        self, endpoint: str, method: str, args: list[Any], size: int, window: int, sync: bool
+    ) -> None:
+        cls = zcall.SyncClient if sync else zcall.AsyncClient
+        self.client: Any = cls(endpoint, timeout=600)
+        self.view = self.client.options(window=window)
+        self.open = self.view.stream if sync else self.view.stream_blocking
+        self.method, self.args, self.size = method, args, size
+        self.run(Budget(calls=1))
+
+    def run(self, budget: Budget) -> Sample:
+        pc = time.perf_counter_ns
+        limit, stop = _until(budget)
+        size = self.size
+        lat: list[int] = []
+        start = prev = pc()
+        s = self.open(self.method, *self.args)
+        for item in s:
+            if size and len(item) != size:
+                raise BenchError("zcall stream: a chunk of the wrong size")
+            now = pc()
+            lat.append(now - prev)
+            prev = now
+            if len(lat) >= limit or (stop is not None and now >= stop):
+                break
+        s.close()
+        return _items_sample(lat, start, pc())
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class ZcallStreamAsyncio:
+    """``async for item in client.stream(method)`` on an asyncio loop of this process."""
+
+    def __init__(self, endpoint: str, method: str, args: list[Any], size: int, window: int) -> None:
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+
+        async def make() -> zcall.AsyncClient:
+            return zcall.AsyncClient(endpoint, timeout=600)
+
+        self.client = self.loop.run_until_complete(make())
+        self.view = self.client.options(window=window)
+        self.method, self.args, self.size = method, args, size
+        self.run(Budget(calls=1))
+
+    def run(self, budget: Budget) -> Sample:
+        return self.loop.run_until_complete(self._run(budget))
+
+    async def _run(self, budget: Budget) -> Sample:
+        pc = time.perf_counter_ns
+        limit, stop = _until(budget)
+        size = self.size
+        lat: list[int] = []
+        start = prev = pc()
+        s = self.view.stream(self.method, *self.args)
+        async for item in s:
+            if size and len(item) != size:
+                raise BenchError("zcall stream: a chunk of the wrong size")
+            now = pc()
+            lat.append(now - prev)
+            prev = now
+            if len(lat) >= limit or (stop is not None and now >= stop):
+                break
+        await s.aclose()
+        return _items_sample(lat, start, pc())
+
+    def close(self) -> None:
+        self.client.close()
+        self.loop.close()
+
+
+class ZcallStreamCallbacks:
+    """``client.stream_async(method, on_item=...)`` from this thread: the items arrive on the engine
+    thread; the run ends by cancelling the stream's future."""
+
+    def __init__(self, endpoint: str, method: str, args: list[Any], size: int, window: int) -> None:
+        self.client = zcall.AsyncClient(endpoint, timeout=600)
+        self.view = self.client.options(window=window)
+        self.method, self.args, self.size = method, args, size
+        self.run(Budget(calls=1))
+
+    def run(self, budget: Budget) -> Sample:
+        import threading
+
+        pc = time.perf_counter_ns
+        limit, stop = _until(budget)
+        size = self.size
+        lat: list[int] = []
+        done = threading.Event()
+        prev = [0]
+
+        def on_item(item: Any) -> None:
+            now = pc()
+            if size and len(item) != size:
+                raise BenchError("zcall stream: a chunk of the wrong size")
+            lat.append(now - prev[0])
+            prev[0] = now
+            if len(lat) >= limit or (stop is not None and now >= stop):
+                done.set()
+
+        start = prev[0] = pc()
+        fut = self.view.stream_async(self.method, *self.args, on_item=on_item, on_error=lambda e: done.set())
+        if not done.wait(RECV_TIMEOUT_MS / 1000 + (budget.seconds or 0)):
+            raise BenchError("callback stream: no end")
+        fut.cancel()
+        return _items_sample(lat[:limit], start, pc())
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RawUpload:
+    """The raw floor of a client stream: ``["sink", window]``, then chunks under its credit, then
+    ``["end"]`` (its answer: the bytes taken)."""
+
+    def __init__(self, endpoint: str, window: int) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.rcvtimeo = RECV_TIMEOUT_MS
+        self.sock.connect(endpoint)
+        self.window = window
+        self.run(Budget(calls=1))
+
+    def run(self, budget: Budget) -> Sample:
+        pc = time.perf_counter_ns
+        send, recv, packb, unpackb = self.sock.send, self.sock.recv, msgpack.packb, msgpack.unpackb
+        limit, stop = _until(budget)
+        chunk = bytes(range(256)) * (CHUNK // 256)
+        lat: list[int] = []
+        start = prev = pc()
+        send(packb(["sink", self.window]))
+        credit = unpackb(recv())[1]
+        n = 0
+        while n < limit and (stop is None or prev < stop):
+            while not credit:
+                credit += unpackb(recv())[1]
+            send(packb(chunk), copy=False)  # packed as it goes, as zcall packs each item
+            credit -= 1
+            n += 1
+            now = pc()
+            lat.append(now - prev)
+            prev = now
+        send(packb(["end"]))
+        while not isinstance(taken := unpackb(recv()), int):
+            pass  # credit that came after the last chunk
+        if taken != n * CHUNK:
+            raise BenchError(f"raw upload: {taken} bytes taken of {n * CHUNK}")
+        return Sample(n, (pc() - start) / 1e9, lat)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class ZcallUpload:
+    """``client.stream_blocking("sink", chunks())``: a client stream into a plain handler (the pool)."""
+
+    def __init__(self, endpoint: str, window: int) -> None:
+        self.client = zcall.AsyncClient(endpoint, timeout=600)
+        self.view = self.client.options(window=window)
+        self.run(Budget(calls=1))
+
+    def run(self, budget: Budget) -> Sample:
+        pc = time.perf_counter_ns
+        limit, stop = _until(budget)
+        chunk = bytes(range(256)) * (CHUNK // 256)
+        lat: list[int] = []
+        start = prev = pc()
+
+        def chunks() -> Iterator[bytes]:
+            nonlocal prev
+            while len(lat) < limit and (stop is None or prev < stop):
+                yield chunk
+                now = pc()
+                lat.append(now - prev)
+                prev = now
+
+        s = self.view.stream_blocking("sink", chunks())
+        for _ in s:
+            pass
+        if s.result != len(lat) * CHUNK:
+            raise BenchError(f"zcall upload: {s.result} bytes taken of {len(lat) * CHUNK}")
+        return _items_sample(lat, start, pc())
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _stream_rows() -> list[Workload]:
+    w = STREAM_WINDOW
+    small = (
+        Row("raw-dealer-router", "raw_stream_router", lambda ep: RawStream(ep, 0, w), floor=True),
+        Row("zcall-asyncio", "zcall_async", lambda ep: ZcallStreamAsyncio(ep, "ticks", [], 0, w)),
+        Row(
+            "zcall-asyncio-inline", "zcall_async", lambda ep: ZcallStreamAsyncio(ep, "ticks_inline", [], 0, w)
+        ),
+        Row("zcall-asyncio-asyncgen", "zcall_async", lambda ep: ZcallStreamAsyncio(ep, "aticks", [], 0, w)),
+        Row("zcall-callback", "zcall_async", lambda ep: ZcallStreamCallbacks(ep, "ticks", [], 0, w)),
+        Row("zcall-blocking", "zcall_async", lambda ep: ZcallStreamBlocking(ep, "ticks", [], 0, w, False)),
+        Row("zcall-sync-pulled", "zcall_async", lambda ep: ZcallStreamBlocking(ep, "ticks", [], 0, w, True)),
+    )
+    cw = CHUNK_WINDOW
+    big = (
+        Row("raw-dealer-router", "raw_stream_router", lambda ep: RawStream(ep, CHUNK, cw), floor=True),
+        Row("zcall-asyncio", "zcall_async", lambda ep: ZcallStreamAsyncio(ep, "chunks", [CHUNK], CHUNK, cw)),
+        Row(
+            "zcall-blocking",
+            "zcall_async",
+            lambda ep: ZcallStreamBlocking(ep, "chunks", [CHUNK], CHUNK, cw, False),
+        ),
+        Row(
+            "zcall-sync-pulled",
+            "zcall_async",
+            lambda ep: ZcallStreamBlocking(ep, "chunks", [CHUNK], CHUNK, cw, True),
+        ),
+    )
+    up = (
+        Row("raw-dealer-router", "raw_stream_router", lambda ep: RawUpload(ep, cw), floor=True),
+        Row("zcall-blocking", "zcall_async", lambda ep: ZcallUpload(ep, cw)),
+    )
+    return [
+        Workload(
+            "stream_items",
+            f"a server stream of small items (an int each), {w} in flight: items/s, CPU us per item",
+            small,
+        ),
+        Workload(
+            "stream_1mib_down",
+            f"a server stream of 1 MiB chunks, {cw} in flight (the big transfer, down): MB/s",
+            big,
+            payload_bytes=CHUNK,
+        ),
+        Workload(
+            "stream_1mib_up",
+            f"a client stream of 1 MiB chunks into a plain handler, {cw} in flight (the big transfer, up)",
+            up,
+            payload_bytes=CHUNK,
+        ),
+    ]
+
+
 # -- the registry -----------------------------------------------------------------------------------
 
 
@@ -493,6 +815,7 @@ WORKLOADS: dict[str, Workload] = {
             fixed_calls=200,
             quick_calls=20,
         ),
+        *_stream_rows(),
     ]
 }
 

@@ -7,8 +7,11 @@ same functions (``HANDLERS``), so zcall and the floor differ only in what sits b
 
 The raw floors are what a careful user would write by hand with pyzmq + msgpack and nothing else:
 REQ/REP with a ``[method, args]`` request and a bare result reply; ROUTER with ``[id, method, args]`` and
-``[id, result]`` for pipelined calls; and a ROUTER that answers ``slow`` calls from a timer heap (a
-deferred reply, so a 10 ms handler does not block the socket).
+``[id, result]`` for pipelined calls; a ROUTER that answers ``slow`` calls from a timer heap (a
+deferred reply, so a 10 ms handler does not block the socket); and a ROUTER streaming items under the
+caller's credit (``raw_stream_router``: ``["items", n_bytes, window]`` streams small items, or chunks of
+n bytes, while the caller grants more with ``["credit", n]``, until ``["stop"]``; ``["sink", window]``
+takes the caller's chunks under the same credit until ``["end"]``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import msgpack
@@ -50,6 +53,35 @@ async def aslow() -> None:
     import asyncio
 
     await asyncio.sleep(SLOW_SECONDS)
+
+
+def ticks() -> Iterator[int]:
+    """An endless stream of small items (0, 1, 2, ...): the stream workload's producer."""
+    i = 0
+    while True:
+        yield i
+        i += 1
+
+
+async def aticks() -> AsyncIterator[int]:
+    """``ticks`` as an async generator (a task on the server's loop)."""
+    i = 0
+    while True:
+        yield i
+        i += 1
+
+
+def chunks(size: int) -> Iterator[bytes]:
+    """An endless stream of the same ``size``-byte chunk (a file read from the page cache, without
+    the disk): the big-transfer workload's producer."""
+    chunk = bytes(range(256)) * (size // 256)
+    while True:
+        yield chunk
+
+
+def sink(items: Iterator[bytes]) -> int:
+    """Take the caller's chunks until its END; returns the bytes taken (the upload workload)."""
+    return sum(len(chunk) for chunk in items)
 
 
 HANDLERS: dict[str, Callable[..., Any]] = {"double": double, "echo": echo, "slow": slow}
@@ -116,6 +148,52 @@ def raw_router_deferred(sock_ready: Callable[[zmq.Socket], None]) -> None:
                 router.send_multipart([ident, packb([cid, HANDLERS[method](*args)])])
 
 
+def raw_stream_router(sock_ready: Callable[[zmq.Socket], None]) -> None:
+    """ROUTER streaming under the caller's credit, one caller at a time: what a careful user writes by
+    hand for flow-controlled streams with pyzmq + msgpack (see the module docstring for the messages)."""
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.linger = 0
+    sock_ready(router)
+    packb, unpackb = msgpack.packb, msgpack.unpackb
+    send, recv = router.send_multipart, router.recv_multipart
+    while True:
+        ident, body = recv()
+        cmd = unpackb(body)
+        if cmd[0] == "items":
+            size, credit = cmd[1], cmd[2]
+            chunk = bytes(range(256)) * (size // 256) if size else None
+            i = 0
+            while True:
+                while credit:  # each item packed as it goes, as zcall packs each yield; large ones zero-copy
+                    if chunk is None:
+                        send([ident, packb(i)])
+                    else:
+                        send([ident, packb(chunk)], copy=False)
+                    i += 1
+                    credit -= 1
+                msg = unpackb(recv()[1])
+                if msg[0] == "stop":
+                    send([ident, packb("stopped")])
+                    break
+                credit += msg[1]
+        elif cmd[0] == "sink":
+            window, taken = cmd[1], 0
+            half = window // 2 or 1
+            send([ident, packb(["credit", window])])
+            got = 0
+            while True:
+                frames = recv(copy=False)
+                data = frames[1].buffer
+                if len(data) < 16 and unpackb(data) == ["end"]:
+                    break
+                taken += len(unpackb(data))
+                got += 1
+                if got % half == 0:
+                    send([ident, packb(["credit", half])])
+            send([ident, packb(taken)])
+
+
 # -- zcall ------------------------------------------------------------------------------------------
 
 
@@ -127,10 +205,12 @@ def zcall_service() -> Any:
     import zcall
 
     service = zcall.Service("bench")
-    for fn in (double, echo, slow, aslow):
+    for fn in (double, echo, slow, aslow, ticks, aticks, chunks, sink):
         service.add(fn)
     service.add(double, name="double_inline", inline=True)
     service.add(echo, name="echo_inline", inline=True)
+    service.add(ticks, name="ticks_inline", inline=True)
+    service.add(chunks, name="chunks_inline", inline=True)
     return service
 
 
@@ -158,6 +238,7 @@ RAW: dict[str, RawLoop] = {
     "raw_rep": raw_rep,
     "raw_router": raw_router,
     "raw_router_deferred": raw_router_deferred,
+    "raw_stream_router": raw_stream_router,
 }
 """Raw servers: a loop that binds through ``sock_ready`` and then serves forever."""
 

@@ -16,9 +16,22 @@ from zcall.testing import ProcessHandle, free_tcp_endpoint, ipc_endpoint, runnin
 pytest_plugins = ["zcall.pytest_plugin"]
 
 TESTS_DIR = Path(__file__).resolve().parent
+RUN_SLOW = os.environ.get("ZCALL_SLOW") == "1"
+"""``ZCALL_SLOW=1`` (or ``-m slow``) runs the long soak tests too; by default they are skipped."""
 REPO_ROOT = TESTS_DIR.parent
 SERVICE_TARGET = "helpers.services:service"
 """What spawned servers serve; the child finds ``helpers`` through PYTHONPATH=tests/."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``@pytest.mark.slow`` tests unless asked for (``ZCALL_SLOW=1``, or ``-m`` naming slow):
+    the suite stays a few minutes; the minute-long soaks run when someone wants them."""
+    if RUN_SLOW or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="a long soak: run with ZCALL_SLOW=1 or -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture

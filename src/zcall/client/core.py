@@ -292,11 +292,11 @@ class ClientCore:
         args: Any,
         kwargs: dict[str, Any],
         opts: CallOptions,
-        stream: tuple[int, int | str | None, bool] | None = None,
+        stream: tuple[int, int | str | None, bool, bool] | None = None,
     ) -> OutgoingCall:
         """Check and describe a new call: budget (inherited deadline), attempts, interceptors, the first
         attempt's body (``call.frame``: raises ``SerializationError`` for arguments msgpack cannot carry),
-        metrics. ``stream``: ``(credit, input, pull)`` to open a stream instead (one attempt)."""
+        metrics. ``stream``: ``(credit, input, pull, batch)`` to open a stream instead (one attempt)."""
         if type(method) is not str or not method:
             raise TypeError(f"method must be a non-empty str, got {method!r}")
         now = _monotonic()
@@ -338,10 +338,10 @@ class ClientCore:
                     rid, method, args, kwargs, max(1, int(timeout * 1000)), headers, self._codec, attempts > 1
                 )
             else:
-                credit, where, pull = stream
+                credit, where, pull, batch = stream
                 deadline_ms = max(1, int(timeout * 1000))
                 call.frame = stream_frame(
-                    rid, method, args, kwargs, credit, where, pull, deadline_ms, headers, self._codec
+                    rid, method, args, kwargs, credit, where, pull, deadline_ms, headers, self._codec, batch
                 )
                 self.counters["streams"] += 1
         except SerializationError:

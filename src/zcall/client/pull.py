@@ -140,7 +140,7 @@ class SyncStream(Iterator[Any]):
             raise ClientClosed("SyncClient is closed")
         method, args, kwargs, opts = spec
         window = opts.window or DEFAULT_WINDOW
-        call = client._begin(method, args, kwargs, opts, stream=(window, None, True))
+        call = client._begin(method, args, kwargs, opts, stream=(window, None, True, False))
         self._call = call
         call.stream = self  # what interceptors see of it (the OpenTelemetry span counts its items)
         self._window = Window(window, pull=True)

@@ -55,6 +55,7 @@ log = logging.getLogger("zcall.client")
 
 _ITEM, _END, _FAILED = 0, 1, 2
 _RETRY_S = 0.005  # wait before sending again an input item that met a full queue
+_ALONE_ABOVE = 64 * 1024  # larger items go as messages of their own (a BATCH would copy them again)
 _MAX_RETRY_S = 0.1
 
 
@@ -372,7 +373,7 @@ class ClientStream:
                 box.clear()
                 return
             is_item, frame = box[0]
-            if not ch.send(frame):
+            if not (ch.send_alone(frame) if len(frame) > _ALONE_ABOVE else ch.send(frame)):
                 self._up_scheduled = True
                 self._client._loop.call_later(self._retry_s, self._flush_up)
                 self._retry_s = min(self._retry_s * 2, _MAX_RETRY_S)
@@ -662,7 +663,8 @@ class StreamingClient:
             raise ClientClosed("AsyncClient is closed")
         args, kwargs, where, upstream = split_input(args, kwargs)
         window = opts.window or DEFAULT_WINDOW
-        call = self._begin(method, args, kwargs, opts, stream=(window, where, False))
+        # batch: a zcall client reads BATCH from any server, so it lets the server coalesce the items
+        call = self._begin(method, args, kwargs, opts, stream=(window, where, False, True))
         call.stream = ClientStream(self, call, window, where, upstream)
         return call
 
@@ -743,7 +745,7 @@ class StreamingClient:
             left_ms = max(1, int(call.time_remaining * 1000))
             call.frame = stream_frame(
                 call.id, call.method, call.args, call.kwargs, st.window.size, None, True, left_ms,
-                call.headers, self._codec,
+                call.headers, self._codec, True,
             )  # fmt: skip
             self._send_or_wait(call)
             return True

@@ -217,6 +217,25 @@ class Channel:
         self.reader.check()
         return True
 
+    def send_alone(self, body: bytes) -> bool:
+        """Send ``body`` now as a message of its own (never joined into a BATCH: a large stream item
+        would only be copied again), after anything queued before it; False when the queue is full."""
+        if self._stalled is not None:
+            return False
+        self.flush()
+        if self._stalled is not None:
+            return False
+        try:
+            self.sock.send_multipart([DELIMITER, body], _NOBLOCK, copy=False)  # zero-copy: it is large
+        except zmq.Again:
+            self._stalled = body  # it counts as sent: it goes first once writable
+            self.reader.want_writable()
+            return True
+        except zmq.ZMQError:
+            return True  # closed: the stream is failed by the disconnect or the close
+        self.reader.check()
+        return True
+
     def flush(self) -> None:
         """Send what ``send`` queued in this pass: one body alone, several as one BATCH."""
         q = self._outq

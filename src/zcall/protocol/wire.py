@@ -88,7 +88,6 @@ __all__ = [
     "credit_frame",
     "end_frame",
     "item_frame",
-    "item_tail",
     "stream_frame",
 ]
 
@@ -271,7 +270,8 @@ class Stream:
     ``credit``: how many ITEMs the caller takes before it grants more (CREDIT); ``input``: where the
     caller's own items go (an index into ``args`` or a name in ``kwargs``, whose value on the wire is a
     nil placeholder), or None when the caller sends none; ``pull``: the caller pulls (a REQ socket): every
-    STREAM, CREDIT and CANCEL of the stream gets exactly one answer. Never resent, so no ``retry``."""
+    STREAM, CREDIT and CANCEL of the stream gets exactly one answer; ``batch``: the caller takes the
+    stream's messages in BATCHes. Never resent, so no ``retry``."""
 
     id: int
     method: str
@@ -282,6 +282,8 @@ class Stream:
     credit: int = 0
     input: int | str | None = None
     pull: bool = False
+    batch: bool = False
+    """The caller takes this stream's messages coalesced in BATCHes (a server may send them so)."""
 
 
 @dataclass(slots=True)
@@ -363,7 +365,7 @@ def encode(msg: Message, codec: Codec = default_codec) -> bytes:
     if isinstance(msg, Stream):
         return stream_frame(
             msg.id, msg.method, msg.args, msg.kwargs, msg.credit, msg.input, msg.pull,
-            msg.deadline_ms, msg.headers, codec,
+            msg.deadline_ms, msg.headers, codec, msg.batch,
         )  # fmt: skip
     if isinstance(msg, Item):
         return item_frame(msg.id, msg.item, codec)
@@ -426,28 +428,24 @@ def stream_frame(
     deadline_ms: int | None = None,
     headers: Mapping[str, Any] | None = None,
     codec: Codec = default_codec,
+    batch: bool = False,
 ) -> bytes:
-    """Encode a STREAM ``[1, 10, id, method, args, kwargs, meta, {credit, input?, pull?}]``; the value at
-    ``input`` in args or kwargs must be the nil placeholder."""
+    """Encode a STREAM ``[1, 10, id, method, args, kwargs, meta, {credit, input?, pull?, batch?}]``; the
+    value at ``input`` in args or kwargs must be the nil placeholder."""
     opts: dict[str, Any] = {"credit": credit}
     if input is not None:
         opts["input"] = input
     if pull:
         opts["pull"] = True
+    if batch:
+        opts["batch"] = True
     return codec.packb([_V, _STREAM, id, method, args, kwargs, _meta(deadline_ms, headers), opts])
 
 
-_ITEM_HEAD = bytes([0x94, _V, 11])  # msgpack fixarray(4), version, kind ITEM
-
-
-def item_tail(item: Any, codec: Codec = default_codec) -> bytes:
-    """An ITEM's value, encoded (raises ``SerializationError``): ``item_frame`` without the header."""
-    return codec.packb(item)
-
-
 def item_frame(id: int, item: Any, codec: Codec = default_codec) -> bytes:  # noqa: A002
-    """Encode an ITEM ``[1, 11, id, item]`` (raises ``SerializationError`` for a value that cannot go)."""
-    return _ITEM_HEAD + default_codec.packb(id) + codec.packb(item)
+    """Encode an ITEM ``[1, 11, id, item]`` (raises ``SerializationError`` for a value that cannot go).
+    One pack of the whole array: a large item is copied once."""
+    return codec.packb([_V, _ITEM, id, item])
 
 
 def credit_frame(id: int, n: int) -> bytes:  # noqa: A002
@@ -732,7 +730,8 @@ def _stream(m: list[Any], n: int, id_: int) -> Stream:
                 raise BadMessage(f"stream input {where!r} is not a nil placeholder in kwargs", id_)
         else:
             raise BadMessage(f"stream input must be an index or a name, got {_short(where)}", id_)
-    return Stream(id_, method, args, kwargs, deadline, headers, credit, where, opts.get("pull") is True)
+    pull, batch = opts.get("pull") is True, opts.get("batch") is True
+    return Stream(id_, method, args, kwargs, deadline, headers, credit, where, pull, batch)
 
 
 def request_fields(

@@ -9,7 +9,9 @@ plain handler that takes the caller's items always runs in the pool (it blocks o
 
 Flow control is ``engine.streams``: a handler is not advanced past its credit, and the caller's items
 are refused past the credit this server granted. Push mode (a DEALER caller) sends each item as it is
-made; pull mode (a REQ caller) answers each pull with one body (``PullAnswer``). A stream ends once, at
+made (coalesced into BATCHes per loop pass when the caller said it takes them, ``batch``, and small
+items only: a large one goes alone, and zero-copy); pull mode (a REQ caller) answers each pull with one
+body (``PullAnswer``). A stream ends once, at
 the first of: the handler's end (REPLY, its return value) or failure (its ERROR, after the items already
 sent); the caller's CANCEL; the deadline (DEADLINE_EXCEEDED); a rule the caller broke (PROTOCOL_ERROR);
 the caller's connection gone (seen when a send fails, or by a probe while the stream waits for the
@@ -35,7 +37,7 @@ from ..engine.streams import DEFAULT_WINDOW, PULL_LINGER, Credit, PullAnswer, St
 from ..engine.workers import Job, Workers
 from ..errors import Rejected
 from ..protocol.status import StatusCode
-from ..protocol.wire import ACK, End, Item, batch_frame, credit_frame
+from ..protocol.wire import ACK, MAX_BATCH_ITEMS, End, Item, batch_frame, credit_frame
 from ..protocol.wire import Credit as CreditMessage
 from ..service.context import CallContext, _current
 from ..service.dispatch import StreamFault, is_stream_result
@@ -59,6 +61,7 @@ socket cannot be probed, so a caller that died is told from a slow one only by t
 _BURST = 64  # items an inline generator makes per loop pass before letting other work run
 _RETRY_S = 0.005  # first wait before sending again to a caller whose queue was full (doubles to 0.1 s)
 _NOBLOCK = int(zmq.NOBLOCK)
+_ALONE_ABOVE = 64 * 1024  # frames this large leave alone, zero-copy (joining them into a BATCH copies)
 _monotonic = time.monotonic
 _UNSET: Any = object()
 
@@ -72,6 +75,9 @@ class _Stream:
         "key",
         "envelope",
         "pull",
+        "batch",
+        "outq",
+        "outq_bytes",
         "where",
         "credit",
         "input",
@@ -104,6 +110,9 @@ class _Stream:
         self.key = (call.routing_id or b"", call.id)
         self.envelope = envelope
         self.pull: bool = req.pull
+        self.batch: bool = req.batch and not req.pull  # the caller takes BATCHes: coalesce small frames
+        self.outq: list[bytes] = []  # frames coalescing in this loop pass (batch)
+        self.outq_bytes = 0
         self.where = "pool"  # where the handler makes items: "task", "inline" or "pool"
         self.credit = Credit(0 if req.pull else req.credit)
         self.input: SyncInput | AsyncInput | None = None
@@ -543,14 +552,44 @@ class RouterStreams:
             pass  # the loop is closed: the stream is over anyway
 
     def _emit(self, st: _Stream, frame: bytes, envelope: list[bytes] | None = None) -> None:
-        """Send one frame of the stream now, after any queued before it; a full queue parks it."""
+        """Send one frame of the stream, after any queued before it: small ones coalesce into one BATCH
+        per loop pass when the caller takes BATCHes; a full queue parks it."""
+        if st.stalled:
+            if st.outq:
+                self._flush_out(st)
+            st.stalled.append(frame)
+            return
+        n = len(frame)
+        if st.batch and n < _ALONE_ABOVE:
+            q = st.outq
+            q.append(frame)
+            st.outq_bytes += n
+            if len(q) == 1:
+                self._srv._loop.call_soon(self._flush_out, st)  # type: ignore[union-attr]
+            elif len(q) >= MAX_BATCH_ITEMS or st.outq_bytes >= self._srv._codec.max_message_size // 2:
+                self._flush_out(st)
+            return
+        if st.outq:
+            self._flush_out(st)
+        self._send(st, frame, envelope)
+
+    def _flush_out(self, st: _Stream) -> None:
+        """The frames coalesced in this pass: one alone, several as one BATCH."""
+        q = st.outq
+        if not q:
+            return
+        st.outq, st.outq_bytes = [], 0
+        self._send(st, q[0] if len(q) == 1 else batch_frame(q))
+
+    def _send(self, st: _Stream, frame: bytes, envelope: list[bytes] | None = None) -> None:
         if st.stalled:
             st.stalled.append(frame)
             return
         srv = self._srv
         if srv._batch_out:
             srv._flush_to(st.key[0])  # answers to this caller queued for a batch leave first
-        if srv._send(envelope or st.envelope, frame):
+        env = envelope or st.envelope
+        if _send_now(srv, env, frame):
             srv._reader.check()  # type: ignore[union-attr]  # a send may swallow the readable edge
             return
         if srv._send_errno == zmq.EHOSTUNREACH:
@@ -565,7 +604,7 @@ class RouterStreams:
         st.retry_handle = None
         srv = self._srv
         while st.stalled:
-            if not srv._send(st.envelope, st.stalled[0]):
+            if not _send_now(srv, st.envelope, st.stalled[0]):
                 if srv._send_errno == zmq.EHOSTUNREACH:
                     st.stalled.clear()
                     self._lost(st)
@@ -627,6 +666,7 @@ class RouterStreams:
         if frame is not None and not quiet:
             if not st.pull:
                 self._emit(st, frame)
+                self._flush_out(st)  # the end leaves now, after the items coalesced before it
             elif st.answer is not None and not st.carry:
                 self._send_answer(st, frame)
             else:
@@ -668,6 +708,7 @@ class RouterStreams:
     def _lost(self, st: _Stream) -> None:
         """The caller is gone (or never pulled again): end the stream with nobody to tell."""
         st.stalled.clear()
+        st.outq.clear()
         if not st.ended:
             self._srv._dispatch.counters["streams_lost"] += 1
             self._end(st, error=Rejected(StatusCode.CANCELLED, "the caller's connection is gone"), quiet=True)
@@ -755,6 +796,23 @@ class _Handover(Exception):
     def __init__(self, iterator: Iterator[Any]) -> None:
         self.iterator = iterator
         super().__init__("a coroutine returned a plain iterator")
+
+
+def _send_now(srv: AsyncServer, envelope: list[bytes], frame: bytes) -> bool:
+    """``AsyncServer._send``, zero-copy for a large frame (libzmq reads it from the bytes object)."""
+    if len(frame) < _ALONE_ABOVE:
+        return srv._send(envelope, frame)
+    sock = srv._sock
+    if sock is None or sock.closed:
+        srv.counters["undeliverable"] += 1
+        return False
+    try:
+        sock.send_multipart([*envelope, frame], _NOBLOCK, copy=False)
+        return True
+    except zmq.ZMQError as exc:
+        srv._send_errno = exc.errno
+        srv.counters["undeliverable"] += 1
+        return False
 
 
 def _close(arg: tuple[Any, CallContext]) -> None:
