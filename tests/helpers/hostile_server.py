@@ -111,7 +111,22 @@ _RAISABLE: dict[str, type[BaseException]] = {
     "KeyboardInterrupt": KeyboardInterrupt,
     "GeneratorExit": GeneratorExit,
     "Boom": Boom,
+    "RuntimeError": RuntimeError,
 }
+
+
+class Explosive:
+    """A registered ext type (code 42) whose encoder raises the BaseException named by ``name``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _explode(obj: Explosive) -> bytes:
+    raise _RAISABLE[obj.name](f"{obj.name} from an ext type's encoder")
+
+
+zcall.register_type(Explosive, 42, _explode, lambda data: Explosive(data.decode()))
 
 
 class Holder:
@@ -322,6 +337,17 @@ def make_service() -> tuple[zcall.Service, Holder]:
     def big(size: int) -> bytes:
         """``size`` zero bytes, made in a pool thread (a result too big to send)."""
         return bytes(size)
+
+    @svc.method(inline=True)
+    def explosive(name: str) -> Any:
+        """A result whose registered ext encoder raises the BaseException called ``name`` (the reply
+        path runs user code too)."""
+        return Explosive(name)
+
+    @svc.method
+    def explosive_pool(name: str) -> Any:
+        """``explosive`` from a pool thread."""
+        return Explosive(name)
 
     @svc.method(inline=True)
     def publish(topic: str, payload: Any = None) -> int:
