@@ -380,6 +380,7 @@ def main() -> None:
     p.add_argument("--reply-cache-bytes", type=int, default=None)
     p.add_argument("--reply-cache-ttl", type=float, default=None)
     p.add_argument("--grace", type=float, default=0.5)
+    p.add_argument("--no-check-replies", action="store_true", help="send results without checking them")
     p.add_argument("--lag-monitor", action="store_true", help="record how long the event loop is held up")
     p.add_argument("--log-level", default="ERROR")
     ns = p.parse_args()
@@ -394,6 +395,8 @@ def main() -> None:
     if ns.reply_cache_bytes is not None or ns.reply_cache_ttl is not None:
         cache = {"max_bytes": ns.reply_cache_bytes, "ttl": ns.reply_cache_ttl}
         kwargs["reply_cache"] = ReplyCache(**{k: v for k, v in cache.items() if v is not None})
+    if ns.no_check_replies:
+        kwargs["check_replies"] = False
     for name in ("max_in_flight", "max_in_flight_bytes", "workers"):
         if getattr(ns, name) is not None:
             kwargs[name] = getattr(ns, name)
