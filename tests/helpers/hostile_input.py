@@ -47,6 +47,7 @@ class Tally:
     answers: Counter[str] = field(default_factory=Counter)
     mismatches: list[str] = field(default_factory=list)
     skipped_valid: int = 0
+    received: int = 0  # answers actually read off the socket (``answers`` also counts "no answer")
 
     @property
     def total(self) -> int:
@@ -480,6 +481,7 @@ def send_router(sock: zmq.Socket, cases: list[Case], limit: int, tally: Tally) -
     for case, want in wants:
         try:
             got = read_answer(sock.recv_multipart())
+            tally.received += 1
         except zmq.Again:
             got = ("no answer", 0, 0)
         check(case, want, got, tally)
@@ -497,6 +499,7 @@ def send_rep(sock: zmq.Socket, cases: list[Case], limit: int, tally: Tally) -> z
         sock.send_multipart(list(case.parts))
         try:
             got = read_answer(sock.recv_multipart())
+            tally.received += 1
         except zmq.Again:
             check(case, want, ("no answer", 0, 0), tally)
             return sock
