@@ -160,3 +160,46 @@ def test_a_service_without_introspection_hides_its_methods_and_metrics() -> None
     with zcall_serve("helpers.cli_targets:hello") as h, zcall.SyncClient(h.endpoint, timeout=10.0) as c:
         assert set(c.call("zcall.ping")) == {"service", "pid", "uptime"}  # by default: all of it
         assert "methods" in c.call("zcall.stats")
+
+
+class IntrospectionForAdminsOnly(zcall.ServerInterceptor):
+    """docs/security.md's example: zcall.methods and zcall.stats for some callers only."""
+
+    def on_call(self, call: zcall.CallContext) -> None:
+        if call.method in ("zcall.methods", "zcall.stats") and call.headers.get("role") != "admin":
+            raise zcall.Rejected(zcall.StatusCode.PERMISSION_DENIED, "admins only")
+        if call.method == "secret" and call.headers.get("role") != "admin":
+            raise zcall.Rejected(zcall.StatusCode.PERMISSION_DENIED, "admins only")
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_an_interceptor_keeps_introspection_to_some_callers_but_not_names_or_signatures(kind: str) -> None:
+    """What docs/security.md says an interceptor can and cannot hide: it refuses zcall.methods and
+    zcall.stats (ping and health stay), but the close matches of METHOD_NOT_FOUND and the signature in
+    INVALID_ARGUMENTS are decided before it runs, so a refused caller still learns them."""
+    svc = zcall.Service("guarded", interceptors=[IntrospectionForAdminsOnly()])
+
+    @svc.method
+    def secret(account: str, amount: int) -> int:
+        return amount
+
+    server = (zcall.SyncServer if kind == "sync" else zcall.AsyncServer)(svc).start()
+    try:
+        with zcall.SyncClient(server.endpoint, timeout=10.0) as c:
+            admin = c.options(headers={"role": "admin"})
+            for method in ("zcall.methods", "zcall.stats"):
+                with pytest.raises(zcall.PermissionDenied):
+                    c.call(method)
+                admin.call(method)
+            assert c.call("zcall.ping")["service"] == "guarded"
+            assert c.call("zcall.health")["status"] == "SERVING"
+            with pytest.raises(zcall.PermissionDenied):
+                c.call("secret", "a", 1)
+            with pytest.raises(zcall.MethodNotFound) as nf:
+                c.call("secrets")
+            assert nf.value.data == {"close": ["secret"]}  # the name, to a caller refused it
+            with pytest.raises(zcall.InvalidArguments) as bad:
+                c.call("secret")
+            assert "(account: str, amount: int) -> int" in bad.value.message  # and its signature
+    finally:
+        server.stop(0.5)

@@ -107,8 +107,10 @@ def two_hundred_coroutine_calls_under_sigterm(h: ProcessHandle, grace: float) ->
         answered_after = time.monotonic() - t0
         stopper.join(grace + EXIT_BOUND + 15)
         stats = c.statistics()
+    results = sum(n for k, n in short_outcomes.items() if k.startswith("result:"))
     print(
-        f"\nSIGTERM with 200 in flight, grace {grace}s: short {dict(short_outcomes)}, long "
+        f"\nSIGTERM with 200 in flight, grace {grace}s: short ones {results} results and "
+        f"{ {k: n for k, n in short_outcomes.items() if not k.startswith('result:')} }, long "
         f"{dict(long_outcomes)}, late {dict(late_outcomes)}; all answered {answered_after:.2f}s after "
         f"the stop began, exit {took[0]:.2f}s after SIGTERM; client: connection_lost "
         f"{stats['connection_lost']}, stale replies {stats['stale_replies']}"

@@ -404,9 +404,11 @@ def main() -> None:
     if ns.kind == "peer":
         peer_kwargs = {k: v for k, v in kwargs.items() if k in ("codec", "max_in_flight", "workers")}
         server = zcall.Peer("hostile", svc, bind=ns.bind, sync_bind=ns.sync_bind, **peer_kwargs)
+    elif ns.kind == "sync":  # one call at a time: no pool, no limits on calls in flight
+        sync_kwargs = {k: v for k, v in kwargs.items() if k in ("codec", "reply_cache", "check_replies")}
+        server = zcall.SyncServer(svc, ns.bind, **sync_kwargs)
     else:
-        kind = zcall.AsyncServer if ns.kind == "async" else zcall.SyncServer
-        server = kind(svc, ns.bind, **kwargs)
+        server = zcall.AsyncServer(svc, ns.bind, **kwargs)
     holder.server = server
 
     def ready(endpoint: str) -> None:
