@@ -177,7 +177,9 @@ def test_a_dense_body_of_empty_maps_is_refused_at_the_decode_budget(
         f"+{peak_kib} KiB (budget {DEFAULT_MAX_DECODED_BYTES // KIB} KiB); loop held "
         f"{after.get('lag_ms', float('nan')):.0f} ms"
     )
-    # the budget estimates CPython's sizes; the real cost measured ~1.3x it (GC headers, the array)
+    if kind == "async":  # the table's figure: 0.3-0.8 s measured on 2 cores, here with room for load
+        assert after["lag_ms"] < 2000
+    # the budget estimates CPython's sizes; the real cost measured ~1.2x it (GC headers, the array)
     assert peak_kib < (DEFAULT_MAX_DECODED_BYTES * 3 // 2 + 2 * len(body)) // KIB, peak_kib
     assert after["rss_kib"] - start["rss_kib"] < SLACK_KIB + 2 * len(body) // KIB
     still_serving(h.endpoint)
