@@ -1,9 +1,16 @@
-"""zcall beside the raw pyzmq floor, in one run: calls/s, p50/p99 latency and the ratio zcall/floor.
+"""zcall beside the raw pyzmq floor, in one run: calls/s, p50/p99 latency, CPU per call, ratios to the floor.
 
 Each server runs in its own process (scripts/bench_servers.py, tcp on 127.0.0.1); the clients run here.
 A workload is a few rows that make the same calls to the same handler: one raw pyzmq + msgpack floor and
-the zcall faces beside it. Every row is warmed up, then the rows of a workload take turns for
-``--repeat`` runs (so drift hits them alike) and the median run (by calls/s) is reported.
+the zcall faces beside it, with handlers written the plain way (``@service.method``: a plain function
+runs in the server's thread pool) and declared ``inline=True`` (it runs on the server's loop). Every row
+is warmed up, then the rows of a workload take turns for ``--repeat`` runs (so drift hits them alike).
+
+For each run the bench measures wall time and the CPU time of each process, all threads included
+(client: ``time.process_time``; server: ``/proc/<pid>/stat``), so it reports CPU microseconds per call
+for client and server beside calls/s: on a shared machine a sequential round trip is mostly scheduling
+noise, CPU per call is not. Ratios are taken per repeat (each row against the floor's run beside it in
+time), then their median and range are reported.
 
     .venv/bin/python scripts/bench.py                 # everything, under a minute on 2 cores
     .venv/bin/python scripts/bench.py --quick         # smoke test, a few seconds
@@ -21,17 +28,19 @@ import os
 import platform
 import selectors
 import signal
+import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import msgpack
 import zmq
+from benchlib import process_cpu_s  # scripts/ is on the path: this file's own directory
 
 import zcall
 
@@ -58,11 +67,23 @@ class Budget:
 
 @dataclass
 class Sample:
-    """One run of one row: calls made, wall time, and every call's latency."""
+    """One run of one row: calls made, wall time, every call's latency, and CPU seconds per process."""
 
     calls: int
     elapsed_s: float
     latencies_ns: list[int]
+    client_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0
+
+    @property
+    def client_us(self) -> float:
+        """Client CPU microseconds per call (all of this process's threads)."""
+        return self.client_cpu_s / self.calls * 1e6 if self.calls else float("nan")
+
+    @property
+    def server_us(self) -> float:
+        """Server CPU microseconds per call (all of its process's threads)."""
+        return self.server_cpu_s / self.calls * 1e6 if self.calls else float("nan")
 
     @property
     def calls_per_s(self) -> float:
@@ -73,6 +94,15 @@ class Sample:
         if not lat:
             return float("nan")
         return lat[min(len(lat) - 1, int(q * len(lat)))] / 1000.0
+
+
+def measured(driver: Any, budget: Any, server_pid: int) -> Sample:
+    """``driver.run(budget)`` with both processes' CPU time around it."""
+    s0, c0 = process_cpu_s(server_pid), time.process_time()
+    sample: Sample = driver.run(budget)
+    sample.client_cpu_s = time.process_time() - c0
+    sample.server_cpu_s = process_cpu_s(server_pid) - s0
+    return sample
 
 
 class Driver(Protocol):
@@ -158,18 +188,6 @@ def raw_seq_echo(endpoint: str) -> Driver:
             raise BenchError("raw echo returned a different length")
 
     return SeqDriver(one, sock.close)
-
-
-def zcall_seq_double(endpoint: str) -> Driver:
-    """``zcall.SyncClient.call("double", 21)``, checked."""
-    client = zcall.SyncClient(endpoint, timeout=RECV_TIMEOUT_MS / 1000)
-    call = client.call
-
-    def one() -> None:
-        if call("double", 21) != 42:
-            raise BenchError("zcall double(21) != 42")
-
-    return SeqDriver(one, client.close)
 
 
 def zcall_seq(endpoint: str, method: str, args: list[Any], expect: Any) -> Driver:
@@ -259,14 +277,23 @@ class PipelinedAsyncio:
     outstanding, as in the raw pipelined loop; latency is each await, send to result.
     """
 
-    def __init__(self, endpoint: str, method: str, args: list[Any], expect: Any, inflight: int) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        method: str,
+        args: list[Any],
+        expect: Any,
+        inflight: int,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
         import asyncio
 
         self.loop = asyncio.new_event_loop()
         self.method, self.args, self.expect, self.inflight = method, args, expect, inflight
+        options = dict(client_options or {})
 
         async def make() -> zcall.AsyncClient:
-            return zcall.AsyncClient(endpoint, timeout=RECV_TIMEOUT_MS / 1000)
+            return zcall.AsyncClient(endpoint, timeout=RECV_TIMEOUT_MS / 1000, **options)
 
         self.client = self.loop.run_until_complete(make())
         self.run(Budget(calls=1))
@@ -307,8 +334,16 @@ class PipelinedCallbacks:
     latency and frees a slot, so the caller refills at once, as in the raw pipelined loop.
     """
 
-    def __init__(self, endpoint: str, method: str, args: list[Any], expect: Any, inflight: int) -> None:
-        self.client = zcall.AsyncClient(endpoint, timeout=RECV_TIMEOUT_MS / 1000)
+    def __init__(
+        self,
+        endpoint: str,
+        method: str,
+        args: list[Any],
+        expect: Any,
+        inflight: int,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.client = zcall.AsyncClient(endpoint, timeout=RECV_TIMEOUT_MS / 1000, **(client_options or {}))
         self.method, self.args, self.expect, self.inflight = method, args, expect, inflight
         self.run(Budget(calls=1))
 
@@ -378,15 +413,37 @@ class Workload:
     quick_calls: int | None = None  # ... and this many under --quick
 
 
+def _pipelined_rows(method: str, args: list[Any], expect: Any, inflight: int) -> tuple[Row, ...]:
+    """The async faces of a pipelined workload: asyncio and callbacks, plain and inline handlers."""
+    return (
+        Row("zcall-asyncio", "zcall_async", lambda ep: PipelinedAsyncio(ep, method, args, expect, inflight)),
+        Row(
+            "zcall-asyncio-inline",
+            "zcall_async",
+            lambda ep: PipelinedAsyncio(ep, f"{method}_inline", args, expect, inflight),
+        ),
+        Row(
+            "zcall-callback",
+            "zcall_async",
+            lambda ep: PipelinedCallbacks(ep, method, args, expect, inflight),
+        ),
+        Row(
+            "zcall-callback-inline",
+            "zcall_async",
+            lambda ep: PipelinedCallbacks(ep, f"{method}_inline", args, expect, inflight),
+        ),
+    )
+
+
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in [
         Workload(
             "seq_double",
-            "sequential double(21), one call at a time",
+            "sequential double(21), one call at a time (zcall-sync: @service.method as written)",
             (
                 Row("raw-req-rep", "raw_rep", raw_seq_double, floor=True),
-                Row("zcall-sync", "zcall_sync", zcall_seq_double),
+                Row("zcall-sync", "zcall_sync", lambda ep: zcall_seq(ep, "double", [21], 42)),
             ),
         ),
         Workload(
@@ -400,7 +457,7 @@ WORKLOADS: dict[str, Workload] = {
         ),
         Workload(
             "pipelined_double",
-            "double(21) with 64 calls in flight",
+            "double(21) with 64 calls in flight: plain (the thread pool) and inline handlers",
             (
                 Row(
                     "raw-dealer-router",
@@ -408,21 +465,12 @@ WORKLOADS: dict[str, Workload] = {
                     lambda ep: PipelinedRaw(ep, "double", [21], 42, inflight=64),
                     floor=True,
                 ),
-                Row(
-                    "zcall-asyncio",
-                    "zcall_async",
-                    lambda ep: PipelinedAsyncio(ep, "double", [21], 42, inflight=64),
-                ),
-                Row(
-                    "zcall-callback",
-                    "zcall_async",
-                    lambda ep: PipelinedCallbacks(ep, "double", [21], 42, inflight=64),
-                ),
+                *_pipelined_rows("double", [21], 42, 64),
             ),
         ),
         Workload(
             "slow_handler",
-            "200 calls to a 10 ms handler, all in flight at once where the face allows",
+            "200 calls to a 10 ms handler (a coroutine on the async faces), all in flight where the face can",
             (
                 Row(
                     "raw-router-timer",
@@ -533,8 +581,25 @@ class RowResult:
     median: Sample
     runs: list[float]
     server_pid: int
+    samples: list[Sample] = field(default_factory=list)
     ratio: float | None = None
     floor_impl: str | None = None
+    ratios: list[float] = field(default_factory=list)
+    """Per repeat: this row's calls/s over the floor's in the same repeat."""
+    cpu_ratios: list[float] = field(default_factory=list)
+    """Per repeat: the floor's total CPU per call over this row's (above 1: cheaper than the floor)."""
+
+    @property
+    def cpu_ratio(self) -> float | None:
+        return statistics.median(self.cpu_ratios) if self.cpu_ratios else None
+
+    @property
+    def client_us(self) -> float:
+        return statistics.median(s.client_us for s in self.samples)
+
+    @property
+    def server_us(self) -> float:
+        return statistics.median(s.server_us for s in self.samples)
 
     @property
     def mb_per_s(self) -> float | None:
@@ -561,6 +626,10 @@ class RowResult:
             "p99_us": round(self.median.percentile_us(0.99), 1),
             "mb_per_s": None if self.mb_per_s is None else round(self.mb_per_s, 1),
             "ratio": None if self.ratio is None else round(self.ratio, 3),
+            "ratio_range": [round(min(self.ratios), 3), round(max(self.ratios), 3)] if self.ratios else None,
+            "cpu_ratio": None if self.cpu_ratio is None else round(self.cpu_ratio, 3),
+            "client_cpu_us": round(self.client_us, 2),
+            "server_cpu_us": round(self.server_us, 2),
             "floor_impl": self.floor_impl,
             "runs_calls_per_s": [round(r, 1) for r in self.runs],
             "spread": round(self.spread, 3),
@@ -597,18 +666,27 @@ def run_workload(
             if rep % 2:
                 order.reverse()  # alternate who goes first, so neither always runs on a warmer box
             for i in order:
-                samples[i].append(drivers[i].run(budget))
+                samples[i].append(measured(drivers[i], budget, servers[rows[i].server].pid))
             log(f"  {w.name} run {rep + 1}/{s.repeat}")
         results = []
         for row, runs in zip(rows, samples, strict=True):
             ranked = sorted(runs, key=lambda x: x.calls_per_s)
             median = ranked[(len(ranked) - 1) // 2]
-            results.append(RowResult(w, row, median, [r.calls_per_s for r in runs], servers[row.server].pid))
+            results.append(
+                RowResult(w, row, median, [r.calls_per_s for r in runs], servers[row.server].pid, list(runs))
+            )
     floor = next((r for r in results if r.row.floor), None)
     if floor is not None:
         for r in results:
-            r.ratio = r.median.calls_per_s / floor.median.calls_per_s
             r.floor_impl = floor.row.impl
+            pairs = list(zip(r.samples, floor.samples, strict=True))
+            r.ratios = [a.calls_per_s / b.calls_per_s for a, b in pairs if b.calls_per_s]
+            r.cpu_ratios = [
+                (b.client_us + b.server_us) / (a.client_us + a.server_us)
+                for a, b in pairs
+                if a.client_us + a.server_us > 0
+            ]
+            r.ratio = statistics.median(r.ratios) if r.ratios else None
     return results
 
 
@@ -684,9 +762,26 @@ def render(results: list[RowResult], env: dict[str, Any], s: Settings) -> str:
         + ("" if s.client_cpu is None else f" (client cpu {s.client_cpu}, servers cpu {s.server_cpu})"),
         "",
     ]
-    head = ("workload", "impl", "calls/s", "p50 us", "p99 us", "MB/s", "spread", "vs floor")
+    head = (
+        "workload",
+        "impl",
+        "calls/s",
+        "p50 us",
+        "p99 us",
+        "MB/s",
+        "cli us",
+        "srv us",
+        "calls/s vs floor [range]",
+        "cpu vs floor",
+    )
     table = [head]
     for r in results:
+        if r.row.floor:
+            vs, cpu = "floor", "floor"
+        else:
+            rng = f" [{min(r.ratios):.2f}-{max(r.ratios):.2f}]" if r.ratios else ""
+            vs = _num(r.ratio, ".2f") + ("x" if r.ratio is not None else "") + rng
+            cpu = _num(r.cpu_ratio, ".2f") + ("x" if r.cpu_ratio is not None else "")
         table.append(
             (
                 r.workload.name,
@@ -695,8 +790,10 @@ def render(results: list[RowResult], env: dict[str, Any], s: Settings) -> str:
                 f"{r.median.percentile_us(0.5):.1f}",
                 f"{r.median.percentile_us(0.99):.1f}",
                 _num(r.mb_per_s, ".1f"),
-                f"{r.spread * 100:.0f}%",
-                "floor" if r.row.floor else _num(r.ratio, ".2f") + ("x" if r.ratio is not None else ""),
+                f"{r.client_us:.1f}",
+                f"{r.server_us:.1f}",
+                vs,
+                cpu,
             )
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
@@ -711,8 +808,13 @@ def render(results: list[RowResult], env: dict[str, Any], s: Settings) -> str:
     for r in ratios:
         lines.append(
             f"ratio {r.workload.name}: {r.row.impl} / {r.floor_impl} = {r.ratio:.2f}x calls/s "
-            f"(p50 {r.median.percentile_us(0.5):.1f} us)"
+            f"(p50 {r.median.percentile_us(0.5):.1f} us), {_num(r.cpu_ratio, '.2f')}x by CPU per call"
         )
+    lines.append("")
+    lines.append(
+        "cli/srv us: CPU microseconds per call of the client and the server process (all threads); "
+        "cpu vs floor: the floor's total CPU per call over the row's (above 1 = cheaper than the floor)"
+    )
     return "\n".join(lines)
 
 

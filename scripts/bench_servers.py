@@ -120,17 +120,23 @@ def raw_router_deferred(sock_ready: Callable[[zmq.Socket], None]) -> None:
 
 
 def zcall_service() -> Any:
-    """The zcall ``Service`` with the same handlers the floors use (plus ``aslow`` for async servers)."""
+    """The zcall ``Service`` with the floors' handlers, registered twice: the plain way (``double``,
+    ``echo``: ``@service.method``, which an async server runs in its thread pool) and declared
+    ``inline=True`` (``double_inline``, ``echo_inline``: run on the loop, as the floor runs them);
+    ``slow`` blocks (the pool), ``aslow`` is a coroutine (a task)."""
     import zcall
 
     service = zcall.Service("bench")
     for fn in (double, echo, slow, aslow):
         service.add(fn)
+    service.add(double, name="double_inline", inline=True)
+    service.add(echo, name="echo_inline", inline=True)
     return service
 
 
 def serve_zcall_sync(bind: str) -> tuple[str, Callable[[], None]]:
-    """``zcall.SyncServer`` (REP) on a background thread; returns its endpoint and a stop function."""
+    """``zcall.SyncServer`` on a background thread (it runs every handler in its own thread, one at a
+    time: plain and inline are the same there); returns its endpoint and a stop function."""
     import zcall
 
     server = zcall.SyncServer(zcall_service(), bind).start()
@@ -138,15 +144,10 @@ def serve_zcall_sync(bind: str) -> tuple[str, Callable[[], None]]:
 
 
 def serve_zcall_async(bind: str) -> tuple[str, Callable[[], None]]:
-    """``zcall.AsyncServer`` (ROUTER) on zcall's engine thread; ``double``/``echo`` declared inline (fast)."""
+    """``zcall.AsyncServer`` (ROUTER) on zcall's engine thread, serving ``zcall_service()``."""
     import zcall
 
-    service = zcall.Service("bench")
-    service.add(double, inline=True)  # fast, non-blocking: may run on the loop, as the floor runs it
-    service.add(echo, inline=True)
-    service.add(slow)  # blocking: the thread pool
-    service.add(aslow)  # a coroutine: a task on the loop
-    server = zcall.AsyncServer(service, bind).start()
+    server = zcall.AsyncServer(zcall_service(), bind).start()
     return server.endpoint, server.stop
 
 

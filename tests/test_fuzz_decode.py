@@ -15,6 +15,7 @@ from zcall.protocol.status import StatusCode
 from zcall.protocol.wire import (
     MAX_ID,
     BadMessage,
+    Batch,
     Call,
     Cancel,
     ErrorRecord,
@@ -29,7 +30,7 @@ from zcall.protocol.wire import (
     encode,
 )
 
-MESSAGE_TYPES = (Call, Notify, Reply, ErrorReply, Event, Ping, Pong, Cancel)
+MESSAGE_TYPES = (Call, Notify, Reply, ErrorReply, Event, Ping, Pong, Cancel, Batch)
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # -- strategies --------------------------------------------------------------------------------------

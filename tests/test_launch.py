@@ -43,10 +43,18 @@ env = {{ ZCALL_TEST_MARK = "gw" }}
 class Mesh:
     """A running ``zcall launch`` process and what its ready file says."""
 
-    def __init__(self, handle: ProcessHandle, ready: dict) -> None:
+    def __init__(self, handle: ProcessHandle, ready_file: Path, run_dir: Path) -> None:
         self.handle = handle
+        self.ready_file = ready_file
+        self.run_dir = run_dir
+        """The launcher's XDG_RUNTIME_DIR: its own state file is in run_dir/zcall/."""
+        ready = self.ready()
         self.peers: dict[str, dict] = ready["peers"]
         self.launcher_pid: int = ready["launcher_pid"]
+
+    def ready(self) -> dict:
+        """What the ready file says now."""
+        return json.loads(self.ready_file.read_text())
 
     def endpoint(self, name: str) -> str:
         return self.peers[name]["endpoint"]
@@ -68,15 +76,17 @@ def launch(tmp_path: Path) -> Iterator:
         topo = tmp_path / f"mesh{len(started)}.toml"
         topo.write_text(text)
         ready_file = tmp_path / f"ready{len(started)}.json"
+        run_dir = tmp_path / f"run{len(started)}"  # the launcher's state directory, apart from the user's
+        run_dir.mkdir()
         handle = spawn(
             ["-m", "zcall", "launch", str(topo), "--ready-file", str(ready_file)],
             ready_prefix="LAUNCHED",
             timeout=30,
-            env=child_env(),
+            env={**child_env(), "XDG_RUNTIME_DIR": str(run_dir)},
             cwd=REPO_ROOT,
         )
         started.append(handle)
-        mesh = Mesh(handle, json.loads(ready_file.read_text()))
+        mesh = Mesh(handle, ready_file, run_dir)
         seen_pids.extend(mesh.pids())
         mesh.seen_pids = seen_pids  # type: ignore[attr-defined]
         return mesh
@@ -120,10 +130,12 @@ def test_launch_restarts_a_crashed_peer_on_failure(launch) -> None:
     old = mesh.peers["calc"]["pid"]
     os.kill(old, signal.SIGKILL)
     line = mesh.handle.expect("peer calc up at", timeout=20)
-    new = int(line.rsplit("(pid ", 1)[1].rstrip(")"))
+    new = int(line.rsplit("(pid ", 1)[1].split(",")[0])
     mesh.seen_pids.append(new)
     assert new != old
-    assert line == f"peer calc up at {mesh.endpoint('calc')} (pid {new})"  # the same endpoint
+    assert line == f"peer calc up at {mesh.endpoint('calc')} (pid {new}, restart 1)"  # the same endpoint
+    calc = mesh.ready()["peers"]["calc"]  # rewritten before that line was printed
+    assert (calc["pid"], calc["state"], calc["restarts"], calc["last_exit"]) == (new, "up", 1, -9)
     assert ping_pid(mesh.endpoint("calc")) == new
     with zcall.SyncClient(mesh.endpoint("gateway"), timeout=5) as c:
         assert c.call("double_via_calc", 4) == 8  # the others still reach it

@@ -18,6 +18,7 @@ PATTERNS = REPO_ROOT / "patterns"
 # (file in patterns/, extra args, lines that must appear in its stdout)
 STANDALONE = [
     pytest.param("sync_call.py", [], ["sync call result: 20"], id="sync_call"),
+    pytest.param("fork_pool.py", [], ["8 calls from 2 forked workers: all answered"], id="fork_pool"),
 ]
 
 # (file in patterns/, lines the --call side must print)

@@ -97,6 +97,7 @@ def test_kind_numbers_are_the_documented_ones():
         "PING": 6,
         "PONG": 7,
         "CANCEL": 8,
+        "BATCH": 9,
     }
 
 
@@ -176,7 +177,8 @@ def broken(index: int, value: object) -> bytes:
 
 
 BAD_WITH_ID = [
-    ("kind unknown", raw(1, 9, 5), "unknown message kind 9"),
+    ("kind unknown", raw(1, 10, 5), "unknown message kind 10"),
+    ("batch with an id", raw(1, 9, 5), "a batch has id 0"),
     ("kind zero", raw(1, 0, 5), "unknown message kind 0"),
     ("kind bool", broken(1, True), "kind must be an integer"),
     ("kind float", broken(1, 1.0), "kind must be an integer"),

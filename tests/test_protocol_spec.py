@@ -22,7 +22,6 @@ from zcall.testing import running_server
 pytestmark = pytest.mark.timeout(30)
 
 
-
 CALL, NOTIFY, PING = 1, 4, 6
 GATE = threading.Event()  # hold() waits on it: a call kept in flight
 NOTES: list[str] = []

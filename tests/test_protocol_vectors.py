@@ -21,6 +21,7 @@ from zcall.protocol import wire as protocol
 from zcall.protocol.codec import Codec, default_codec
 from zcall.protocol.status import StatusCode
 from zcall.protocol.wire import (
+    Batch,
     Call,
     Cancel,
     ErrorRecord,
@@ -127,6 +128,8 @@ def meta_as_read(kind: str, meta: Any) -> dict[str, Any]:
 
 def message_as_read(m: dict[str, Any]) -> dict[str, Any]:
     """A vector's ``message`` with kwargs and meta read as a receiver reads them (nil kwargs: ``{}``)."""
+    if m["kind"] == "BATCH":
+        return {**m, "items": [message_as_read(x) for x in m["items"]]}
     if m["kind"] not in ("CALL", "NOTIFY"):
         return m
     return {
@@ -173,6 +176,9 @@ def message_to_json(msg: Message) -> dict[str, Any]:
         }
     if t is Event:
         return {"kind": "EVENT", "id": msg.id, "topic": msg.topic, "payload": to_json(msg.payload)}
+    if t is Batch:  # decoded items are arrays, each read as if it had come alone
+        items = [message_to_json(protocol.from_array(x, in_batch=True)) for x in msg.items]
+        return {"kind": "BATCH", "id": msg.id, "items": items}
     return {"kind": t.__name__.upper(), "id": msg.id}
 
 
@@ -203,6 +209,8 @@ def message_from_json(m: dict[str, Any]) -> Message:
         return ErrorReply(id_, record)
     if kind == "EVENT":
         return Event(id_, m["topic"], from_json(m["payload"]))
+    if kind == "BATCH":
+        return Batch(id_, [message_from_json(x) for x in m["items"]])
     return {"PING": Ping, "PONG": Pong, "CANCEL": Cancel}[kind](id_)
 
 
@@ -218,7 +226,7 @@ def test_vector_file_is_well_formed():
         assert v["description"], v["name"]
         bytes.fromhex(v["hex"])
     kinds = {v["message"]["kind"] for v in POSITIVE}
-    assert kinds == {"CALL", "REPLY", "ERROR", "NOTIFY", "EVENT", "PING", "PONG", "CANCEL"}
+    assert kinds == {"CALL", "REPLY", "ERROR", "NOTIFY", "EVENT", "PING", "PONG", "CANCEL", "BATCH"}
     errors = {v["error"] for v in NEGATIVE}
     assert errors == {"PROTOCOL_ERROR", "UNSUPPORTED_VERSION", "MESSAGE_TOO_LARGE"}
 

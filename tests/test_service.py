@@ -326,9 +326,25 @@ def test_methods_introspection():
         "doc": "Add b to a.",
         "coroutine": False,
         "idempotent": True,
+        "params": [
+            {"name": "a", "kind": "positional_or_keyword", "annotation": "int", "default": None},
+            {"name": "b", "kind": "positional_or_keyword", "annotation": "int", "default": "0"},
+        ],
+        "returns": "int",
+        "docstring": "Add b to a.",
     }
     assert by_name["slow"]["coroutine"] is True and by_name["slow"]["doc"] == ""
-    assert set(by_name["zcall.ping"]) == {"name", "signature", "doc", "coroutine", "idempotent"}
+    assert by_name["slow"]["params"][0]["annotation"] is None and by_name["slow"]["returns"] is None
+    assert set(by_name["zcall.ping"]) == {
+        "name",
+        "signature",
+        "doc",
+        "coroutine",
+        "idempotent",
+        "params",
+        "returns",
+        "docstring",
+    }
     assert by_name["zcall.methods"]["idempotent"] is True
     assert [m.name for m in svc] == [*builtins, "add", "slow"]  # registration order
     assert repr(svc.lookup("slow")) == "<Method slow(x)>"

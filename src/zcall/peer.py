@@ -20,8 +20,9 @@ import zmq
 
 from .client.asynchronous import AsyncClient
 from .client.interceptors import ClientInterceptor
+from .client.proxy import AsyncProxy, FutureProxy, SyncProxy, peer_proxy
 from .client.sync import SyncClient
-from .engine.loop import run_on, running_loop
+from .engine.loop import on_loop, run_on, running_loop
 from .engine.sockets import DEFAULT_BIND, default_context, normalize_endpoints
 from .protocol.codec import Codec, default_codec
 from .security import ClientSecurity, ServerSecurity
@@ -323,7 +324,7 @@ class Peer(Lifecycle):
 
     def call(self, peer: str, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` on ``peer`` and block for the result (REQ). Not from a coroutine: use ``acall``."""
-        if self._server is not None and running_loop() is self._server._loop:
+        if self._server is not None and self._server._loop is not None and on_loop(self._server._loop):
             raise RuntimeError(
                 "Peer.call() blocks, and this is the peer's event loop (a coroutine or inline handler): "
                 "use 'await peer.acall(...)' here"
@@ -350,6 +351,18 @@ class Peer(Lifecycle):
     def notify(self, peer: str, method: str, /, *args: Any, **kwargs: Any) -> None:
         """One-way call to ``peer``: no reply."""
         self.client(peer).notify(method, *args, **kwargs)
+
+    def proxy(self, peer: str) -> SyncProxy:
+        """Blocking attribute-style calls to ``peer`` (as ``call``): ``peer.proxy("pricing").price("x")``."""
+        return peer_proxy(self, peer)
+
+    def aproxy(self, peer: str) -> AsyncProxy:
+        """Awaitable attribute-style calls to ``peer`` (as ``acall``): ``await peer.aproxy("b").f(1)``."""
+        return self.client(peer).proxy
+
+    def proxy_async(self, peer: str) -> FutureProxy:
+        """Attribute-style calls to ``peer`` returning a future (as ``call_async``)."""
+        return self.client(peer).proxy_async
 
     # -- events ------------------------------------------------------------------------------------
 

@@ -174,9 +174,53 @@ if pytest is not None:
             for client in reversed(clients):
                 client.close()
 
+    @pytest.fixture
+    def zcall_fake_server() -> Iterator[Callable[..., Any]]:
+        """Factory: ``zcall_fake_server(name="fake", kind="async"|"sync", spec=None, **server_kwargs)``
+        starts a ``zcall.testing.FakeServer`` (a real server whose methods the test scripts with
+        ``fake.on(method).returns(...)`` and inspects with ``fake.calls`` / ``fake.wait_for``); all
+        stopped at teardown."""
+        from .testing.doubles import FakeServer
+
+        fakes: list[FakeServer] = []
+
+        def start(name: str = "fake", **kw: Any) -> FakeServer:
+            fake = FakeServer(name, **kw).start()
+            fakes.append(fake)
+            return fake
+
+        try:
+            yield start
+        finally:
+            for fake in reversed(fakes):
+                fake.stop()
+
+    @pytest.fixture
+    def zcall_call_recorder() -> Iterator[Callable[..., Any]]:
+        """Factory: ``zcall_call_recorder(service)`` attaches a ``zcall.testing.CallRecorder`` to a real
+        service (before its server is made) and returns it: ``recorder.wait_for("charge", 2)`` blocks
+        until charge was called twice, ``with recorder.waiter("charge"):`` waits around a block. Taken
+        off the service at teardown."""
+        from .testing.doubles import CallRecorder
+
+        attached: list[tuple[CallRecorder, Service]] = []
+
+        def attach(service: Service) -> CallRecorder:
+            recorder = CallRecorder.on(service)
+            attached.append((recorder, service))
+            return recorder
+
+        try:
+            yield attach
+        finally:
+            for recorder, service in attached:
+                recorder.detach(service)
+
     __all__ = [
         "zcall_bind_endpoint",
+        "zcall_call_recorder",
         "zcall_client",
+        "zcall_fake_server",
         "zcall_fault_proxy",
         "zcall_ipc_endpoint",
         "zcall_server",

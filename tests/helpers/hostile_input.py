@@ -9,6 +9,7 @@ are checked against the spec rather than against itself. Families come two ways:
 
 from __future__ import annotations
 
+import collections
 import random
 import struct
 from collections import Counter
@@ -19,7 +20,8 @@ import msgpack
 import zmq
 from hypothesis import strategies as st
 
-CALL, REPLY, ERROR, NOTIFY, EVENT, PING, PONG, CANCEL = range(1, 9)
+CALL, REPLY, ERROR, NOTIFY, EVENT, PING, PONG, CANCEL, BATCH = range(1, 10)
+MAX_BATCH_ITEMS = 256
 MAX_ID = 2**64 - 1
 PROTOCOL_ERROR, UNSUPPORTED_VERSION, MESSAGE_TOO_LARGE = 4, 5, 9
 DECODE_CODES = {PROTOCOL_ERROR, UNSUPPORTED_VERSION, MESSAGE_TOO_LARGE}
@@ -89,7 +91,7 @@ def _call_fields_ok(m: list[Any]) -> bool:
     return headers is None or type(headers) is dict
 
 
-def classify(body: bytes, limit: int) -> Expect:
+def classify(body: bytes, limit: int, server: str = "router") -> Expect:
     """The answer a server owes to one body frame, by section 10 (``none``: a valid NOTIFY/CANCEL/CALL
     that is not an echo call, which the fuzz does not send)."""
     if len(body) > limit:
@@ -98,6 +100,10 @@ def classify(body: bytes, limit: int) -> Expect:
         m = msgpack.unpackb(body, raw=False, timestamp=3, strict_map_key=True)
     except Exception:
         return ("error", PROTOCOL_ERROR, 0)
+    return _classify_value(m, server, in_batch=False)
+
+
+def _classify_value(m: Any, server: str, *, in_batch: bool) -> Expect:
     if type(m) is not list or len(m) < 3:
         return ("error", PROTOCOL_ERROR, 0)
     version, kind, rid = m[0], m[1], m[2]
@@ -105,8 +111,10 @@ def classify(body: bytes, limit: int) -> Expect:
         return ("error", UNSUPPORTED_VERSION, rid if _is_id(rid) else 0)
     if not _is_id(rid):
         return ("error", PROTOCOL_ERROR, 0)
-    if type(kind) is not int or not CALL <= kind <= CANCEL:
+    if type(kind) is not int or not CALL <= kind <= BATCH:
         return ("error", PROTOCOL_ERROR, rid)
+    if kind == BATCH:
+        return _classify_batch(m, server, in_batch=in_batch)
     if kind in (CALL, NOTIFY):
         if not _call_fields_ok(m):
             return ("error", PROTOCOL_ERROR, rid)
@@ -120,24 +128,60 @@ def classify(body: bytes, limit: int) -> Expect:
     return ("error", PROTOCOL_ERROR, rid)  # REPLY, ERROR, EVENT, PONG: not taken by a server
 
 
+def _classify_batch(m: list[Any], server: str, *, in_batch: bool) -> Expect:
+    """Section 11: a BATCH is ``[1, 9, 0, [message, ...]]`` with 1 to 256 messages, never nested; a
+    server that does not advertise BATCH refuses a well-formed one with PROTOCOL_ERROR id 0. Each item
+    is answered as if it came alone; the fuzz sends batches of one message (``("batch", 1, 0)`` is
+    resolved by ``expected``), so each case still has at most one answer."""
+    rid = m[2]
+    if in_batch or rid != 0:
+        return ("error", PROTOCOL_ERROR, rid)
+    if len(m) < 4 or type(m[3]) is not list or not 1 <= len(m[3]) <= MAX_BATCH_ITEMS:
+        return ("error", PROTOCOL_ERROR, 0)
+    if server == "rep":
+        return ("error", PROTOCOL_ERROR, 0)
+    if len(m[3]) != 1:
+        raise ValueError("the fuzz sends batches of one message")
+    answer = _classify_value(m[3][0], server, in_batch=True)
+    if answer[0] == "reply":
+        raise ValueError("the fuzz sends no batch holding a call of echo (its reply may leave later)")
+    return answer
+
+
 def expected(case: Case, server: str, limit: int) -> Expect:
     """What ``server`` ("router" or "rep") answers to ``case`` sent by a DEALER (router) or REQ (rep)."""
     if server == "router":
         wire = [b"<identity>"] + ([b""] if case.delim else []) + list(case.parts)
         if len(wire) < 3 or wire[-2] != b"":
             return ("error", PROTOCOL_ERROR, 0)
-        return classify(wire[-1], limit)
+        return classify(wire[-1], limit, server)
     if not case.delim:
         raise ValueError("a REQ socket always sends the delimiter")
     if len(case.parts) != 1:
         return ("error", PROTOCOL_ERROR, 0)
-    return classify(case.parts[0], limit)
+    return classify(case.parts[0], limit, server)
 
 
 def read_answer(frames: list[bytes]) -> Expect:
     """The answer a server sent (the last frame), in ``Expect`` form; ("garbled", 0, 0) if unreadable."""
+    answers = read_answers(frames)
+    return answers[0] if len(answers) == 1 else ("garbled", 0, 0)
+
+
+def read_answers(frames: list[bytes]) -> list[Expect]:
+    """The answers in one message: one, or each item of a BATCH (a server may coalesce the answers to
+    consecutive batched requests of one connection into one BATCH, in their order)."""
     try:
         m = msgpack.unpackb(frames[-1], raw=False, strict_map_key=False)
+        if m[0] == 1 and m[1] == BATCH and m[2] == 0 and type(m[3]) is list:
+            return [_answer_of(x) for x in m[3]]
+    except Exception:
+        return [("garbled", 0, 0)]
+    return [_answer_of(m)]
+
+
+def _answer_of(m: Any) -> Expect:
+    try:
         version, kind, rid = m[0], m[1], m[2]
         if version != 1:
             return ("garbled", 0, 0)
@@ -271,7 +315,7 @@ def kind_version_cases(draw: st.DrawFn) -> Case:
     rid = draw(ids)
     which = draw(st.sampled_from(["kind", "version", "server-kind"]))
     if which == "kind":
-        kind = draw(st.integers(-(2**63), 0) | st.integers(CANCEL + 1, MAX_ID))
+        kind = draw(st.integers(-(2**63), 0) | st.integers(BATCH + 1, MAX_ID))
         return Case("unknown-kind", (pack([1, kind, rid, *draw(st.lists(values, max_size=3))]),), intended=4)
     if which == "version":
         v = draw(st.integers(-(2**63), 0) | st.integers(2, MAX_ID))
@@ -312,7 +356,31 @@ def hypothesis_cases() -> st.SearchStrategy[Case]:
         wrong_type_cases(),
         kind_version_cases(),
         frame_cases(),
+        st.builds(lambda seed, rid: batch_case(random.Random(seed), rid), st.integers(0, 2**32), ids),
     )
+
+
+def batch_case(r: random.Random, rid: int) -> Case:
+    """A BATCH of a wrong shape (id, items, count, nesting) or holding one bad or odd message."""
+    ping = [1, PING, rid]
+    which = r.choice(["id", "not-a-list", "empty", "too-many", "nested", "ping", "bad-item", "bad-call"])
+    if which == "id":
+        body, code = [1, BATCH, rid or 1, [ping]], PROTOCOL_ERROR
+    elif which == "not-a-list":
+        body, code = r.choice([[1, BATCH, 0], [1, BATCH, 0, "x"], [1, BATCH, 0, {"a": 1}]]), PROTOCOL_ERROR
+    elif which == "empty":
+        body, code = [1, BATCH, 0, []], PROTOCOL_ERROR
+    elif which == "too-many":
+        body, code = [1, BATCH, 0, [[1, PING, i] for i in range(MAX_BATCH_ITEMS + 1)]], PROTOCOL_ERROR
+    elif which == "nested":
+        body, code = [1, BATCH, 0, [[1, BATCH, 0, [ping]]]], None
+    elif which == "ping":
+        body, code = [1, BATCH, 0, [ping]], None
+    elif which == "bad-item":
+        body, code = [1, BATCH, 0, [r.choice(_POOL)]], None
+    else:
+        body, code = [1, BATCH, 0, [call_body(rid, args="not a list")]], None
+    return Case(f"batch:{which}", (pack(body),), intended=code)
 
 
 # -- the seeded bulk generator -----------------------------------------------------------------------
@@ -382,6 +450,7 @@ def bulk_cases(seed: int, n: int, limit: int, *, no_delimiter: bool = True) -> l
         "frames",
         "oversized",
         "not-a-call",
+        "batch",
     ]
     while len(out) < n:
         fam = families[len(out) % len(families)]
@@ -420,7 +489,7 @@ def bulk_cases(seed: int, n: int, limit: int, *, no_delimiter: bool = True) -> l
             body, code = wrong_field_body(where, r.choice(_WRONG_POOL[where]), rid, r.choice([CALL, NOTIFY]))
             out.append(Case(f"wrong-type:{where}", (body,), intended=code))
         elif fam == "unknown-kind":
-            kind = r.choice([0, 9, 255, -1, MAX_ID, r.randrange(9, 2**32)])
+            kind = r.choice([0, 10, 255, -1, MAX_ID, r.randrange(10, 2**32)])
             out.append(Case(fam, (pack([1, kind, rid]),), intended=PROTOCOL_ERROR))
         elif fam == "unknown-version":
             v = r.choice([0, 2, 99, -1, MAX_ID, r.randrange(2, 2**40)])
@@ -444,6 +513,8 @@ def bulk_cases(seed: int, n: int, limit: int, *, no_delimiter: bool = True) -> l
                 out.append(Case("frames:many", (b"x",) * r.randrange(100, 1000), intended=PROTOCOL_ERROR))
             else:
                 out.append(Case("frames:no-delimiter", tuple(parts[: r.randrange(1, 3)]), delim=False))
+        elif fam == "batch":
+            out.append(batch_case(r, rid))
         elif fam == "oversized":
             size = r.randrange(limit + 1, 2 * limit + 1)
             body = r.choice([r.randbytes(size), pack(call_body(rid, method="echo", args=["x" * size]))])
@@ -469,7 +540,8 @@ def check(case: Case, want: Expect, got: Expect, tally: Tally) -> None:
 
 
 def send_router(sock: zmq.Socket, cases: list[Case], limit: int, tally: Tally) -> None:
-    """Pipeline ``cases`` from a DEALER to a ROUTER server, then read one answer per case, in order."""
+    """Pipeline ``cases`` from a DEALER to a ROUTER server, then read one answer per case, in order
+    (a BATCH answer counts as its items)."""
     wants = []
     for case in cases:
         want = expected(case, "router", limit)
@@ -478,12 +550,16 @@ def send_router(sock: zmq.Socket, cases: list[Case], limit: int, tally: Tally) -
             continue
         sock.send_multipart(([b""] if case.delim else []) + list(case.parts))
         wants.append((case, want))
+    got_queue: collections.deque[Expect] = collections.deque()
     for case, want in wants:
-        try:
-            got = read_answer(sock.recv_multipart())
+        if not got_queue:
+            try:
+                got_queue.extend(read_answers(sock.recv_multipart()))
+            except zmq.Again:
+                got_queue.append(("no answer", 0, 0))
+        got = got_queue.popleft()
+        if got[0] != "no answer":
             tally.received += 1
-        except zmq.Again:
-            got = ("no answer", 0, 0)
         check(case, want, got, tally)
         if got[0] == "no answer":
             return

@@ -23,20 +23,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from ..engine import fork
 from ..engine.calls import CallTable, Slots
 from ..engine.channel import Channel, ChannelEvents
 from ..engine.liveness import DEFAULT_HEARTBEAT, Heartbeat, State
-from ..engine.loop import engine, run_on, running_loop
+from ..engine.loop import engine, on_loop, run_on, running_loop
 from ..errors import (
     AuthenticationFailed,
     Backpressure,
@@ -47,21 +49,26 @@ from ..errors import (
 from ..protocol.codec import Codec, default_codec
 from ..protocol.topics import topic_matches
 from ..protocol.wire import (
+    MAX_BATCH_ITEMS,
+    Batch,
     ErrorReply,
     Event,
     Pong,
     Reply,
     cancel_frame,
     decode,
+    from_array,
     notify_frame,
     peek_reply_id,
     ping_frame,
     reply_fields,
+    reply_fields_of,
     subscribe_frame,
 )
 from .core import DEFAULT_TIMEOUT, CallOptions, ClientCore, OutgoingCall
 from .futures import CallFuture
 from .interceptors import ClientInterceptor
+from .proxy import AsyncProxy, FutureProxy
 
 if TYPE_CHECKING:
     from ..security import ClientSecurity
@@ -132,9 +139,7 @@ class AsyncClient(ClientCore, ChannelEvents):
         self._channels: dict[str, Channel] = {}
         self._single: Channel | None = None  # the channel, when there is exactly one (the hot path)
         self._closed = False
-        self.counters.update(
-            notifies_dropped=0, events=0, events_missed=0, callback_errors=0, resent=0
-        )
+        self.counters.update(notifies_dropped=0, events=0, events_missed=0, callback_errors=0, resent=0)
         try:
             self._loop = asyncio.get_running_loop()
             self._uses_engine = False
@@ -154,7 +159,12 @@ class AsyncClient(ClientCore, ChannelEvents):
         max_size = self._codec.max_message_size
         for ep in self.endpoints:
             self._channels[ep] = Channel(
-                self, self._loop, self._ctx, ep, max_message_size=max_size, heartbeat=self._heartbeat,
+                self,
+                self._loop,
+                self._ctx,
+                ep,
+                max_message_size=max_size,
+                heartbeat=self._heartbeat,
                 security=self._security,
             )
         if len(self._channels) == 1:
@@ -164,13 +174,14 @@ class AsyncClient(ClientCore, ChannelEvents):
 
     # -- the asyncio face --------------------------------------------------------------------------
 
-    async def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
-        """Call ``method`` and await its result; every keyword goes to the remote method."""
-        return await self._acall(method, args, kwargs, self._defaults)
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        """Call ``method``: ``await client.call(...)`` gives its result; every keyword goes to the remote
+        method. (A plain function returning the coroutine: one coroutine frame per call, not two.)"""
+        return self._acall(method, args, kwargs, self._defaults)
 
     async def _acall(self, method: str, args: Any, kwargs: dict[str, Any], opts: CallOptions) -> Any:
         loop = self._loop
-        if asyncio.get_running_loop() is not loop:  # a client from another loop or the engine: bridge
+        if not on_loop(loop):  # a client from another loop or the engine: bridge
             return await asyncio.wrap_future(self._submit(method, args, kwargs, opts, None, None))
         if self._closed:
             raise ClientClosed("AsyncClient is closed")
@@ -237,9 +248,14 @@ class AsyncClient(ClientCore, ChannelEvents):
         # future: that costs two more Condition round trips per call); a user's cancel() comes back
         # through the future's hook, from any thread, and is tidied up on the loop.
         call.callback, call.errback = callback, errback
-        fut._on_cancel = lambda: self._run_soon(lambda: self._cancel_from_user(call))
+        fut._on_cancel = self._cancel_soon  # bound once per client, not a closure per call
+        fut._call = call
         self._run_soon(call)
         return fut
+
+    def _cancel_soon(self, call: _Call) -> None:
+        """A callback-face future was cancelled (from any thread): tidy the call up on the loop."""
+        self._run_soon(functools.partial(self._cancel_from_user, call))
 
     def _cancel_from_user(self, call: _Call) -> None:
         if self._table.pop(call.id) is not None:
@@ -326,6 +342,18 @@ class AsyncClient(ClientCore, ChannelEvents):
 
     # -- options, stats, lifecycle -----------------------------------------------------------------
 
+    @property
+    def proxy(self) -> AsyncProxy:
+        """Awaitable attribute-style calls, names checked against the server's list:
+        ``await client.proxy.double(21)``."""
+        return AsyncProxy(self)
+
+    @property
+    def proxy_async(self) -> FutureProxy:
+        """Attribute-style calls returning a future (the callback face):
+        ``client.proxy_async.double(21, callback=print)``."""
+        return FutureProxy(self)
+
     def options(
         self,
         *,
@@ -366,6 +394,9 @@ class AsyncClient(ClientCore, ChannelEvents):
         if self._closed:
             return
         loop = self._loop
+        if fork.inherited(loop):  # made before os.fork: its sockets are the parent's, not ours to close
+            self._closed = True
+            return
         if running_loop() is loop or loop.is_closed() or not loop.is_running():
             # on the loop, or nobody runs it (an asyncio client closed after its loop finished): no
             # other thread can be using the sockets, so close them right here
@@ -377,7 +408,7 @@ class AsyncClient(ClientCore, ChannelEvents):
                 self._closed = True
         if self._uses_engine:
             self._uses_engine = False
-            engine.release()
+            engine.release(loop)
 
     async def aclose(self) -> None:
         """``close()`` for asyncio code."""
@@ -432,9 +463,9 @@ class AsyncClient(ClientCore, ChannelEvents):
             self._inbox_scheduled = True
             try:
                 self._loop.call_soon_threadsafe(self._drain_inbox)
-            except RuntimeError:  # loop closed
+            except RuntimeError as exc:  # loop closed, or inherited across os.fork (the text says which)
                 self._inbox_scheduled = False
-                raise ClientClosed("AsyncClient's loop is closed") from None
+                raise ClientClosed(f"AsyncClient's loop is closed: {exc}") from None
 
     def _drain_inbox(self) -> None:
         self._inbox_scheduled = False
@@ -466,6 +497,9 @@ class AsyncClient(ClientCore, ChannelEvents):
         if self._timer is None or call.due < self._timer_at:
             self._arm(call.due)
         single = self._single
+        if single is not None:
+            n = len(self._table) >> 1
+            single.batch_target = 4 if n < 4 else (n if n < MAX_BATCH_ITEMS else MAX_BATCH_ITEMS)
         # The hot path (one endpoint, one attempt, nothing queued before it): _try_send and _note_attempt,
         # inlined, ~0.5 us a call; any other case (or a full queue) takes the general path below.
         if (
@@ -620,16 +654,20 @@ class AsyncClient(ClientCore, ChannelEvents):
 
     # -- what channels report ----------------------------------------------------------------------
 
-    def _on_frames(self, ch: Channel, frames: list[bytes]) -> None:
+    def _on_frames(self, ch: Channel, frames: list[Any]) -> None:
+        body = frames[-1]
+        if type(body) is not bytes:  # the reader hands Frames until the connection said what it speaks
+            if ch.batch_ok is None:
+                ch.learn(body)
+            body = body.bytes
         lv = ch.liveness
         lv.last_heard = _monotonic()  # Liveness.heard, inlined: this runs for every message
         if lv.state is not _ALIVE and lv.connected:
             changed = lv.heard(lv.last_heard)
             if changed is not None:
                 self._state_changed(ch, changed)
-        body = frames[-1]
         if not body:
-            return  # an empty-body ACK from a REP server (notify / cancel), or a sweep probe
+            return  # an empty-body ACK from a sync server (notify / cancel), or a sweep probe
         fast = reply_fields(body, self._codec)
         if fast is not None:  # the common case, a REPLY, without building a message object
             call = self._table.pending.pop(fast[0], None)
@@ -650,6 +688,34 @@ class AsyncClient(ClientCore, ChannelEvents):
                 self._slots.release()
                 self._settle_err(call, ProtocolError(f"the reply to {call.method!r} cannot be read: {exc}"))
             return
+        if type(msg) is Batch:
+            self._on_batch(ch, msg.items)
+        else:
+            self._on_message(ch, msg)
+
+    def _on_batch(self, ch: Channel, items: list[Any]) -> None:
+        """The replies of a BATCH, in order; a REPLY item takes the fast path, others are decoded."""
+        pending, slots, settle = self._table.pending, self._slots, self._settle_ok
+        for m in items:
+            fast = reply_fields_of(m)
+            if fast is not None:
+                call = pending.pop(fast[0], None)
+                if call is None:
+                    self.counters["stale_replies"] += 1
+                    continue
+                slots.release()
+                settle(call, fast[1])
+                continue
+            try:
+                msg = from_array(m, in_batch=True)
+            except ProtocolError as exc:
+                self.counters["bad_replies"] += 1
+                log.warning("bad reply in a batch from %s: %s", ch.endpoint, exc)
+                continue
+            self._on_message(ch, msg)
+
+    def _on_message(self, ch: Channel, msg: Any) -> None:
+        """A decoded message other than a fast-path REPLY: a REPLY/ERROR, an event, a pong."""
         kind = type(msg)
         if kind is Reply or kind is ErrorReply:
             call = self._table.pop(msg.id)
@@ -658,9 +724,9 @@ class AsyncClient(ClientCore, ChannelEvents):
                 return
             if kind is Reply:
                 self._slots.release()
-                self._settle_ok(call, msg.result)  # type: ignore[union-attr]
+                self._settle_ok(call, msg.result)
                 return
-            err = msg.error  # type: ignore[union-attr]
+            err = msg.error
             if self._may_retry_refusal(err.code) and call.attempt < call.attempts:
                 self._table.pending[call.id] = call  # back in (``_resend`` files it): to another server
                 self._failover.failed(ch.endpoint)
@@ -669,7 +735,7 @@ class AsyncClient(ClientCore, ChannelEvents):
             self._slots.release()
             self._settle_err(call, self._remote_error(call, err, ch.endpoint))
         elif kind is Event:
-            self._on_event(ch, msg)  # type: ignore[arg-type]
+            self._on_event(ch, msg)
         elif kind is Pong:
             ch.liveness.pong()
 
@@ -691,6 +757,7 @@ class AsyncClient(ClientCore, ChannelEvents):
 
     def _on_up(self, ch: Channel) -> None:
         self._refused = False
+        ch.reset()  # a new connection: it says again what it speaks
         changed = ch.liveness.up(_monotonic())
         if changed is not None:
             self._state_changed(ch, changed)
@@ -705,6 +772,7 @@ class AsyncClient(ClientCore, ChannelEvents):
         # be queued on the DEALER. Take them first, or their calls would fail with ConnectionLost.
         for frames in ch.drain():
             self._on_frames(ch, frames)
+        ch.reset()  # what was queued for the batch went with the connection: its calls count as lost
         lost = [c for c in self._table.pending.values() if c.channel is ch]
         now = _monotonic()
         for call in lost:
@@ -802,9 +870,9 @@ class AsyncClientView:
     def idempotent(self) -> bool:
         return self._opts.idempotent
 
-    async def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
-        """Like ``AsyncClient.call`` with these settings."""
-        return await self._client._acall(method, args, kwargs, self._opts)
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        """Like ``AsyncClient.call`` with these settings (await it)."""
+        return self._client._acall(method, args, kwargs, self._opts)
 
     def call_async(
         self,
@@ -821,6 +889,16 @@ class AsyncClientView:
     def notify(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Like ``AsyncClient.notify`` with these settings."""
         self._client._notify(method, args, kwargs, self._opts)
+
+    @property
+    def proxy(self) -> AsyncProxy:
+        """``AsyncClient.proxy`` with these settings."""
+        return AsyncProxy(self)
+
+    @property
+    def proxy_async(self) -> FutureProxy:
+        """``AsyncClient.proxy_async`` with these settings."""
+        return FutureProxy(self)
 
     def options(self, **changes: Any) -> AsyncClientView:
         """These settings, changed again."""

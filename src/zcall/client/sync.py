@@ -21,6 +21,7 @@ from ..engine.sockets import apply_size_limit, close_quietly, fast_send, new_soc
 from ..errors import ClientClosed, ProtocolError, RemoteError
 from ..protocol.wire import ErrorReply, Reply, decode, reply_fields
 from .core import CallOptions, ClientCore
+from .proxy import SyncProxy
 
 if TYPE_CHECKING:
     pass
@@ -55,6 +56,11 @@ class SyncClient(ClientCore):
         Per-call settings (timeout, retries, idempotent, headers) go through ``client.options(...)``.
         """
         return self._call(method, args, kwargs, self._defaults)
+
+    @property
+    def proxy(self) -> SyncProxy:
+        """Attribute-style calls, names checked against the server's list: ``client.proxy.double(21)``."""
+        return SyncProxy(self)
 
     def options(
         self,
@@ -231,6 +237,11 @@ class SyncClientView:
     def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """Like ``SyncClient.call`` with these settings."""
         return self._client._call(method, args, kwargs, self._opts)
+
+    @property
+    def proxy(self) -> SyncProxy:
+        """``SyncClient.proxy`` with these settings."""
+        return SyncProxy(self)
 
     def options(self, **changes: Any) -> SyncClientView:
         """These settings, changed again."""

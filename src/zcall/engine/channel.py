@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from ..protocol.wire import DELIMITER
+from ..protocol.wire import BATCH_CAPABILITY, DELIMITER, MAX_MESSAGE_PROPERTY, batch_frame, read_handshake
 from .liveness import Heartbeat, Liveness
 from .reader import Reader
 from .sockets import apply_size_limit, close_quietly, fast_send, new_socket
@@ -91,10 +91,17 @@ class Channel:
         "refused",
         "closed_in_handshake",
         "handshake_failures",
+        "batch_ok",
+        "batch_target",
         "_send",
         "_loop",
         "_events",
         "_curve",
+        "_outq",
+        "_outq_bytes",
+        "_max_batch_bytes",
+        "_own_max_batch_bytes",
+        "_stalled",
     )
 
     def __init__(
@@ -136,7 +143,19 @@ class Channel:
         """Why the last handshake failed for good (no service here), or None."""
         self.closed_in_handshake = 0  # CURVE handshakes the server cut short in a row (wrong server key?)
         self.handshake_failures = 0
-        self.reader = Reader(loop, sock, functools.partial(events._on_frames, self), events._on_writable)
+        self.batch_ok: bool | None = None
+        """Whether the server takes BATCH messages (its handshake metadata), once a first message said."""
+        self.batch_target = 8
+        """Send a batch as soon as it holds this many bodies (the client keeps it near half the calls in
+        flight: two batches on the way at once keep both ends busy, one would make them take turns)."""
+        self._outq: list[bytes] = []  # bodies to send at the end of this loop pass, as one BATCH
+        self._outq_bytes = 0
+        self._own_max_batch_bytes = self._max_batch_bytes = max_message_size // 2
+        self._stalled: bytes | None = None  # a batch that met a full queue: sent first when writable
+        # Frames (not bytes) until the first message tells what the server speaks (BATCH or not)
+        self.reader = Reader(
+            loop, sock, functools.partial(events._on_frames, self), self._writable, keep_frames=True
+        )
         self.monitor_reader = Reader(loop, self.monitor, self._on_monitor)
         self.reader.start()
         self.monitor_reader.start()
@@ -145,8 +164,49 @@ class Channel:
     def connected(self) -> bool:
         return self.liveness.connected
 
+    def learn(self, frame: Any) -> None:
+        """From the first message of a connection: whether the server takes BATCH, and how large a
+        message it reads (its handshake metadata), so a batch never exceeds its limit."""
+        self.batch_ok, limit = read_handshake(
+            _property(frame, BATCH_CAPABILITY[0]), _property(frame, MAX_MESSAGE_PROPERTY)
+        )
+        self._max_batch_bytes = (
+            min(self._own_max_batch_bytes, limit // 2) if limit else self._own_max_batch_bytes
+        )
+        self.reader.keep_frames(False)
+
+    def reset(self) -> None:
+        """A new connection (after a reconnect, maybe to another server): forget what the last one said."""
+        self.batch_ok = None
+        self._outq.clear()
+        self._outq_bytes = 0
+        self._stalled = None
+        self.reader.keep_frames(True)
+
     def send(self, body: bytes) -> bool:
-        """Send one body (after the delimiter) without blocking; False when the queue is full."""
+        """Send one body (after the delimiter) without blocking; False when the queue is full.
+
+        To a server that takes BATCH, the body is queued instead and every body queued in this loop
+        pass leaves as one message at its end (``flush``): many calls, one zmq message."""
+        if self.batch_ok:
+            if self._stalled is not None:
+                return False  # the queue is full: the caller waits for writable, in order
+            n = len(body)
+            if self._outq and self._outq_bytes + n > self._max_batch_bytes:
+                self.flush()  # this body would make the batch too large for the server: send it first
+                if self._stalled is not None:
+                    return False
+            if n > self._max_batch_bytes:
+                self._push(body)  # too large to share a message: alone, now
+                return True
+            q = self._outq
+            q.append(body)
+            self._outq_bytes += n
+            if len(q) == 1:
+                self._loop.call_soon(self.flush)
+            elif len(q) >= self.batch_target:
+                self.flush()
+            return True
         send = self._send
         try:
             send(DELIMITER, _NOBLOCK_SNDMORE)
@@ -157,10 +217,51 @@ class Channel:
         self.reader.check()
         return True
 
-    def send_quietly(self, body: bytes) -> None:
-        """Best-effort send (a cancel, a ping, a subscription): dropped if it cannot go now."""
+    def flush(self) -> None:
+        """Send what ``send`` queued in this pass: one body alone, several as one BATCH."""
+        q = self._outq
+        if not q or self._stalled is not None:
+            return  # a stalled batch goes first; these follow once the socket is writable
+        body = q[0] if len(q) == 1 else batch_frame(q)
+        self._outq = []
+        self._outq_bytes = 0
+        self._push(body)
+
+    def _push(self, body: bytes) -> None:
+        send = self._send
         try:
-            self.send(body)
+            send(DELIMITER, _NOBLOCK_SNDMORE)
+            send(body, _NOBLOCK)
+        except zmq.Again:
+            self._stalled = body  # the calls in it count as sent: it goes first once writable
+            self.reader.want_writable()
+            return
+        except zmq.ZMQError:
+            return  # closed: the calls in it are failed by the disconnect or the close
+        self.reader.check()
+
+    def _writable(self) -> None:
+        stalled, self._stalled = self._stalled, None
+        if stalled is not None:
+            self._push(stalled)
+            if self._stalled is not None:
+                return
+            self.flush()
+            if self._stalled is not None:
+                return
+        self._events._on_writable()
+
+    def send_quietly(self, body: bytes) -> None:
+        """Best-effort send (a cancel, a ping, a subscription), after what is queued: dropped if it
+        cannot go now."""
+        self.flush()  # a cancel must not overtake the call it cancels
+        if self._stalled is not None:
+            return
+        send = self._send
+        try:
+            send(DELIMITER, _NOBLOCK_SNDMORE)
+            send(body, _NOBLOCK)
+            self.reader.check()
         except zmq.ZMQError:
             pass
 
@@ -206,3 +307,12 @@ class Channel:
             pass
         close_quietly(self.monitor)
         close_quietly(self.sock)
+
+
+def _property(frame: Any, name: str) -> str | None:
+    """A ZMTP handshake property of the connection ``frame`` came on, or None if it has none."""
+    try:
+        value = frame.get(name)
+    except (zmq.ZMQError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None

@@ -71,6 +71,10 @@ class Reader:
         self._want_out = False
         self._keep_frames = keep_frames
 
+    def keep_frames(self, keep: bool) -> None:
+        """Hand over ``zmq.Frame`` objects (True) or bytes (False) from the next message on."""
+        self._keep_frames = keep
+
     def start(self) -> None:
         self._active = True
         self._loop.add_reader(self._fd, self._ready)

@@ -11,7 +11,9 @@ import zmq
 
 __all__ = [
     "DEFAULT_BIND",
+    "EndpointError",
     "apply_size_limit",
+    "check_endpoint",
     "bind",
     "close_quietly",
     "default_context",
@@ -30,6 +32,7 @@ DEFAULT_LINGER_MS = 0
 
 def bind(sock: zmq.Socket, endpoint: str) -> str:
     """Bind ``sock`` (``tcp://host:*`` picks a free port) and return the endpoint actually bound."""
+    check_endpoint(endpoint, bind=True)
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
@@ -155,11 +158,86 @@ def close_quietly(sock: zmq.Socket | None, linger_ms: int = DEFAULT_LINGER_MS) -
         sock.close(linger=linger_ms)
 
 
-def normalize_endpoints(endpoints: str | Sequence[str]) -> list[str]:
-    """Accept one endpoint or several; refuse an empty list with a message that says what to pass."""
-    eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-    if not eps or not all(isinstance(e, str) and "://" in e for e in eps):
-        raise ValueError(
-            f"expected an endpoint like 'tcp://127.0.0.1:5555' or a list of them, got {endpoints!r}"
+class EndpointError(ValueError):
+    """An endpoint zcall cannot use as written; the message names it, says what is wrong and shows the
+    right form (raised before any socket sees it, by every client, server and peer)."""
+
+    def __init__(self, message: str, endpoint: object = None) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+
+
+_TRANSPORTS = ("tcp", "ipc", "inproc", "ws", "wss", "tipc", "vmci")
+"""The transports libzmq knows for the socket types zcall uses; tcp, ipc and inproc are checked in full."""
+
+_IPC_PATH_MAX = 107  # sun_path holds 108 bytes on Linux (104 on macOS), one for the terminating NUL
+
+
+def _endpoint_problem(ep: str, bind: bool) -> str | None:
+    """What is wrong with one endpoint (``None``: nothing zcall can see before libzmq tries it)."""
+    if not ep or ep != ep.strip() or any(c.isspace() for c in ep):
+        return "it is empty or has white space in it"
+    scheme, sep, rest = ep.partition("://")
+    if not sep:
+        return "there is no '://': write TRANSPORT://ADDRESS, like tcp://127.0.0.1:5555"
+    if scheme not in _TRANSPORTS:
+        return f"unknown transport {scheme!r}: use tcp://HOST:PORT, ipc://PATH or inproc://NAME"
+    if not rest:
+        return f"nothing after '{scheme}://'"
+    if scheme == "tcp":
+        target = rest.rpartition(";")[2]  # "tcp://SOURCE;HOST:PORT" connects from a source address
+        host, colon, port = target.rpartition(":")
+        if not colon or not host:
+            return "a tcp endpoint needs a host and a port: tcp://HOST:PORT, like tcp://127.0.0.1:5555"
+        if host.startswith("[") != host.endswith("]"):
+            return f"unbalanced brackets in the host {host!r} (an IPv6 host is written [::1])"
+        wildcard = port in ("*", "0")
+        if not wildcard and not (port.isdigit() and 0 < int(port) < 65536):
+            return f"the port {port!r} is not a number from 1 to 65535" + (
+                " (or '*' for a free one)" if bind else ""
+            )
+        if not bind and wildcard:
+            return (
+                f"port {port!r} picks a free port when binding; connect to the port the server bound "
+                "(server.endpoint, or the READY line)"
+            )
+        if not bind and host == "*":
+            return "host '*' means every interface when binding; connect to an address, like 127.0.0.1"
+    elif scheme == "ipc":
+        if rest == "*" and not bind:
+            return "ipc://* picks a path when binding; connect to the path the server bound"
+        if len(rest.encode()) > _IPC_PATH_MAX:
+            return (
+                f"the ipc path is {len(rest.encode())} bytes; unix sockets allow {_IPC_PATH_MAX}: "
+                "use a shorter path (under /tmp, for instance)"
+            )
+    return None
+
+
+def check_endpoint(endpoint: object, *, bind: bool = False) -> str:
+    """``endpoint`` if zcall can bind (``bind=True``) or connect to it, else ``EndpointError`` naming it."""
+    if not isinstance(endpoint, str):
+        raise EndpointError(
+            f"expected an endpoint like 'tcp://127.0.0.1:5555' (a str), got {type(endpoint).__name__} "
+            f"{endpoint!r}",
+            endpoint,
         )
-    return eps
+    problem = _endpoint_problem(endpoint, bind)
+    if problem is not None:
+        raise EndpointError(f"bad endpoint {endpoint!r}: {problem}", endpoint)
+    return endpoint
+
+
+def normalize_endpoints(endpoints: str | Sequence[str], *, bind: bool = False) -> list[str]:
+    """Accept one endpoint or several, each checked (``check_endpoint``), so a malformed one is an
+    ``EndpointError`` (a ``ValueError``) naming it on every API rather than a raw ``ZMQError`` later."""
+    try:
+        eps = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+    except TypeError:
+        eps = [endpoints]  # type: ignore[list-item]  # check_endpoint says what it is instead
+    if not eps:
+        raise EndpointError(
+            f"expected an endpoint like 'tcp://127.0.0.1:5555' or a list of them, got {endpoints!r}",
+            endpoints,
+        )
+    return [check_endpoint(e, bind=bind) for e in eps]

@@ -47,6 +47,16 @@ __all__ = [
     "Ping",
     "Pong",
     "Reply",
+    "BATCH_CAPABILITY",
+    "MAX_MESSAGE_PROPERTY",
+    "handshake_properties",
+    "read_handshake",
+    "MAX_BATCH_ITEMS",
+    "Batch",
+    "batch_frame",
+    "from_array",
+    "is_batch",
+    "request_fields_of",
     "call_frame",
     "check_readable",
     "cancel_frame",
@@ -63,6 +73,7 @@ __all__ = [
     "ping_frame",
     "pong_frame",
     "reply_fields",
+    "reply_fields_of",
     "reply_frame",
     "request_fields",
     "split_routed",
@@ -101,6 +112,7 @@ class Kind(IntEnum):
     PING = 6
     PONG = 7
     CANCEL = 8
+    BATCH = 9
 
 
 @dataclass(slots=True)
@@ -223,7 +235,20 @@ class Cancel:
     id: int
 
 
-Message = Call | Notify | Reply | ErrorReply | Event | Ping | Pong | Cancel
+@dataclass(slots=True)
+class Batch:
+    """Several messages in one body, to be taken in order as if each had come alone.
+
+    Sent only on a connection that agreed to it (``BATCH_CAPABILITY`` in the server's ZMTP handshake
+    metadata; a server batches only to a client that sent BATCH). ``decode`` leaves ``items`` as the
+    decoded arrays, for the receiver to read one by one (``request_fields_of``, ``reply_fields_of``,
+    ``from_array``); ``encode`` takes message objects."""
+
+    id: int
+    items: list[Any] = field(default_factory=list)
+
+
+Message = Call | Notify | Reply | ErrorReply | Event | Ping | Pong | Cancel | Batch
 
 _V = PROTOCOL_VERSION
 _CALL, _REPLY, _ERROR, _NOTIFY = int(Kind.CALL), int(Kind.REPLY), int(Kind.ERROR), int(Kind.NOTIFY)
@@ -263,6 +288,8 @@ def encode(msg: Message, codec: Codec = default_codec) -> bytes:
         return codec.packb([_V, int(Kind.PONG), msg.id])
     if isinstance(msg, Cancel):
         return codec.packb([_V, int(Kind.CANCEL), msg.id])
+    if isinstance(msg, Batch):
+        return batch_frame([encode(m, codec) for m in msg.items])
     raise TypeError(f"not a zcall message: {msg!r}")
 
 
@@ -344,6 +371,51 @@ MAX_REQUEST_FRAMES: Final = 18
 routing ids (a chain of proxies). More is refused before any frame is copied."""
 
 
+BATCH_CAPABILITY: Final = ("X-Zcall-Batch", "1")
+"""The ZMTP handshake property (ZMQ_METADATA) of a socket that accepts BATCH messages."""
+
+MAX_MESSAGE_PROPERTY: Final = "X-Zcall-Max-Message-Size"
+"""The ZMTP handshake property that states the largest body a server reads, in bytes (decimal)."""
+
+
+def handshake_properties(max_message_size: int, *, batch: bool) -> list[bytes]:
+    """The ``ZMQ_METADATA`` values a server sets, one property each: its size limit, and BATCH if taken."""
+    props = [f"{MAX_MESSAGE_PROPERTY}:{max_message_size}".encode()]
+    if batch:
+        props.append(f"{BATCH_CAPABILITY[0]}:{BATCH_CAPABILITY[1]}".encode())
+    return props
+
+
+def read_handshake(batch: str | None, max_message_size: str | None) -> tuple[bool, int | None]:
+    """What a server's handshake properties say (None: absent): ``(takes BATCH, its size limit)``."""
+    size = int(max_message_size) if max_message_size and max_message_size.isdigit() else None
+    return batch == BATCH_CAPABILITY[1], size
+
+
+MAX_BATCH_ITEMS: Final = 256
+"""A sender puts at most this many messages in one BATCH (and at most half the receiver's size limit)."""
+
+_BATCH_HEAD = bytes([0x94, _V, 9, 0])  # fixarray(4), version, kind BATCH, id 0
+
+
+def batch_frame(bodies: list[bytes]) -> bytes:
+    """One BATCH body ``[1, 9, 0, [m1, ..., mn]]`` from messages already encoded: their bytes are joined
+    under one array header, never decoded again."""
+    n = len(bodies)
+    if n < 16:
+        head = bytes((0x90 | n,))
+    elif n < 65536:
+        head = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdd" + n.to_bytes(4, "big")
+    return _BATCH_HEAD + head + b"".join(bodies)
+
+
+def is_batch(body: Any) -> bool:
+    """Whether ``body`` starts like a BATCH as zcall writes it (a cheap test; ``decode`` is the real one)."""
+    return len(body) > 4 and body[0] == 0x94 and body[1] == _V and body[2] == 9
+
+
 def split_routed(frames: list[Any]) -> tuple[list[Any], Any] | None:
     """``(envelope, body)`` of a request read on a ROUTER: the body is the last frame, the one before it
     is the empty delimiter, and everything before the body (delimiter included) is the envelope to reply
@@ -411,7 +483,11 @@ def _meta_fields(meta: dict[str, Any], id_: int) -> tuple[int | None, dict[str, 
 
 def decode(frame: bytes, codec: Codec = default_codec) -> Message:
     """One frame → one message. Raises ``ProtocolError`` (``BadMessage``/``UnsupportedVersion``)."""
-    m = codec.unpackb(frame)
+    return from_array(codec.unpackb(frame))
+
+
+def from_array(m: Any, *, in_batch: bool = False) -> Message:
+    """A decoded body (or one item of a BATCH) → its message; the checks of ``decode``."""
     if type(m) is not list:
         raise BadMessage(f"a zcall message is a msgpack array, got {type(m).__name__}")
     n = len(m)
@@ -474,6 +550,17 @@ def decode(frame: bytes, codec: Codec = default_codec) -> Message:
         return Pong(id_)
     if kind == Kind.CANCEL:
         return Cancel(id_)
+    if kind == Kind.BATCH:
+        if in_batch:
+            raise BadMessage("a batch cannot hold a batch", id_)
+        if id_ != 0:
+            raise BadMessage(f"a batch has id 0, got {id_}", id_)
+        if n < 4 or type(m[3]) is not list or not 1 <= len(m[3]) <= MAX_BATCH_ITEMS:
+            raise BadMessage(
+                f"batch needs 4 items [version, kind, 0, [message, ...]], 1 to {MAX_BATCH_ITEMS} messages",
+                id_,
+            )
+        return Batch(id_, m[3])
     raise BadMessage(f"unknown message kind {kind}", id_)
 
 
@@ -489,6 +576,13 @@ def request_fields(
         m = codec.unpackb(frame)
     except ProtocolError:
         return None
+    return request_fields_of(m)
+
+
+def request_fields_of(
+    m: Any,
+) -> tuple[int, str, list[Any], dict[str, Any], int | None, dict[str, Any] | None, bool, bool] | None:
+    """``request_fields`` of a decoded body (or of one item of a BATCH)."""
     if type(m) is not list or len(m) < 7:
         return None
     v, k, rid, method, args, kwargs, meta = m[0], m[1], m[2], m[3], m[4], m[5], m[6]
@@ -534,6 +628,11 @@ def reply_fields(frame: bytes, codec: Codec = default_codec) -> tuple[int, Any] 
         m = codec.unpackb(frame)
     except ProtocolError:
         return None
+    return reply_fields_of(m)
+
+
+def reply_fields_of(m: Any) -> tuple[int, Any] | None:
+    """``reply_fields`` of a decoded body (or of one item of a BATCH)."""
     if type(m) is list and len(m) >= 4:
         v, k, rid = m[0], m[1], m[2]
         if type(v) is int and type(k) is int and type(rid) is int and v == _V and k == _REPLY and rid >= 0:

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from ..engine import fork
 from ..engine.liveness import DEFAULT_HEARTBEAT, Heartbeat
-from ..engine.loop import engine, run_on, running_loop
+from ..engine.loop import engine, on_loop, run_on, running_loop
 from ..engine.reader import Reader
 from ..engine.sockets import (
     DEFAULT_BIND,
@@ -34,7 +35,19 @@ from ..engine.sockets import (
 from ..engine.workers import Job, Workers
 from ..protocol.codec import Codec, default_codec
 from ..protocol.topics import SUBSCRIBE_METHOD, topic_matches
-from ..protocol.wire import ACK, DELIMITER, Cancel, event_frame, event_tail, split_routed
+from ..protocol.wire import (
+    ACK,
+    DELIMITER,
+    MAX_BATCH_ITEMS,
+    Batch,
+    Cancel,
+    batch_frame,
+    event_frame,
+    event_tail,
+    handshake_properties,
+    request_fields_of,
+    split_routed,
+)
 from ..service.context import CallContext
 from ..service.dispatch import (
     DEFAULT_MAX_IN_FLIGHT,
@@ -47,6 +60,7 @@ from ..service.invoke import guarded, run_plain, run_queued, task_context
 from ..service.registry import Service
 from ..service.replycache import ReplyCache
 from .events import Subscribers
+from .health import HealthEvents
 from .lifecycle import DEFAULT_GRACE, Lifecycle
 
 if TYPE_CHECKING:
@@ -115,8 +129,11 @@ class AsyncServer(Lifecycle):
         self._done = threading.Event()
         self._uses_engine = False
         self._subscribers = Subscribers()
+        self._batch_out: dict[bytes, tuple[list[bytes], list[bytes]]] = {}  # answers to batching clients
+        self._flush_scheduled = False
         self._send_errno: int | None = 0  # errno of the last failed _send (EAGAIN: slow, EHOSTUNREACH: gone)
-        self.counters = {"undeliverable": 0, "events_sent": 0}
+        self.counters = {"undeliverable": 0, "events_sent": 0, "batches_received": 0, "batches_sent": 0}
+        self._health: HealthEvents | None = None
 
     # -- properties --------------------------------------------------------------------------------
 
@@ -162,7 +179,7 @@ class AsyncServer(Lifecycle):
         """Stop accepting, let in-flight calls finish within ``grace`` seconds, then close."""
         self._wake_forever()
         loop = self._loop
-        if loop is None:
+        if loop is None or fork.inherited(loop):  # not started, or started before os.fork: the parent's
             self._done.set()
             return
         if running_loop() is loop:
@@ -175,7 +192,7 @@ class AsyncServer(Lifecycle):
         self._done.wait(grace + 10)
         if self._uses_engine:
             self._uses_engine = False
-            engine.release()
+            engine.release(loop)
 
     def _hurry(self) -> None:
         loop, idle = self._loop, self._idle
@@ -212,6 +229,8 @@ class AsyncServer(Lifecycle):
             if self._closed is not None:
                 await self._closed.wait()
             return
+        if self._health is not None:
+            self._health.stopping()  # NOT_SERVING pushed to watchers before anything is refused
         self._closing = True
         d = self._dispatch
         d.stopping = True
@@ -251,7 +270,7 @@ class AsyncServer(Lifecycle):
         loop = self._loop
         if loop is None:
             raise RuntimeError("server is not started")
-        if running_loop() is loop:
+        if on_loop(loop):
             self._publish(topic, payload)
         else:
             loop.call_soon_threadsafe(self._publish, topic, payload)
@@ -291,6 +310,10 @@ class AsyncServer(Lifecycle):
         try:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.setsockopt(zmq.LINGER, 0)
+            # advertise BATCH and the size limit in the handshake: zcall clients then send several
+            # calls per message, in batches this server can read
+            for prop in handshake_properties(self._codec.max_message_size, batch=True):
+                sock.setsockopt(zmq.METADATA, prop)
             apply_size_limit(sock, self._codec.max_message_size)
             if self._heartbeat is not None:
                 self._heartbeat.apply(sock)  # dead clients are dropped, so replies to them fail fast
@@ -309,6 +332,7 @@ class AsyncServer(Lifecycle):
         self._closed = asyncio.Event()
         self._reader = Reader(loop, sock, self._on_message, keep_frames=True)
         self._reader.start()
+        self._health = HealthEvents(self.service, self.publish)
         log.info("async server %r listening on %s", self.service.name, self._endpoint)
 
     def _send(self, envelope: list[bytes], body: bytes) -> bool:
@@ -335,7 +359,10 @@ class AsyncServer(Lifecycle):
         split = split_routed(frames)
         if split is None:
             if frames:
-                self._send([frames[0].bytes, DELIMITER], self._dispatch.bad_framing(len(frames) - 1))
+                ident = frames[0].bytes
+                if self._batch_out:
+                    self._flush_to(ident)
+                self._send([ident, DELIMITER], self._dispatch.bad_framing(len(frames) - 1))
             return
         body_frame = split[1]
         envelope = [f.bytes for f in split[0]]
@@ -347,11 +374,95 @@ class AsyncServer(Lifecycle):
         if t is CallContext:
             self._run(r)  # type: ignore[arg-type]
         elif t is bytes:
+            if self._batch_out:
+                self._flush_to(ident)  # the answers before it leave first
             self._send(envelope, r)  # type: ignore[arg-type]
-        elif t is Cancel:
-            self._cancel(ident, r.id)  # type: ignore[union-attr]
-        elif t is Subscribe and self._subscribers.update(ident, envelope, r.patterns):  # type: ignore[union-attr]
+        elif t is Batch:
+            self._on_batch(envelope, ident, body_frame, r.items, len(body))  # type: ignore[union-attr]
+        else:
+            self._on_control(envelope, ident, r)
+
+    def _on_control(self, envelope: list[bytes], ident: bytes, r: Any) -> None:
+        t = type(r)
+        if t is Cancel:
+            self._cancel(ident, r.id)
+        elif t is Subscribe and self._subscribers.update(ident, envelope, r.patterns):
             self._sweep_subscribers()
+
+    def _on_batch(self, envelope: list[bytes], ident: bytes, frame: Any, items: list[Any], size: int) -> None:
+        """A BATCH: each item as if it had come alone, in order; the answers to its calls leave in
+        batches too (``_send_batched``)."""
+        d = self._dispatch
+        self.counters["batches_received"] += 1
+        share = size // max(1, len(items))
+        for item in items:
+            fields = request_fields_of(item)
+            r: Any
+            if fields is not None:
+                r = d.admit_fields(fields, share, envelope, ident, frame)
+                if type(r) is CallContext:
+                    r._batched = True
+                    self._run(r)
+                    continue
+            else:
+                r = d.other_item(item)
+            if type(r) is bytes:
+                self._send_batched(envelope, ident, r)
+            elif r is not None:
+                self._on_control(envelope, ident, r)
+
+    def _send_batched(self, envelope: list[bytes], ident: bytes, frame: bytes) -> None:
+        """Queue an answer for a client that batches: every answer to it in this loop pass leaves as one
+        BATCH at the end of the pass (``_flush_batched``); an answer that leaves on its own sends the queue
+        first (``_flush_to``), so one connection's answers keep their order."""
+        out = self._batch_out
+        q = out.get(ident)
+        if q is None:
+            out[ident] = (envelope, [frame])
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush_batched)  # type: ignore[union-attr]
+        else:
+            q[1].append(frame)
+
+    def _flush_batched(self) -> None:
+        self._flush_scheduled = False
+        out, self._batch_out = self._batch_out, {}
+        for envelope, frames in out.values():
+            self._send_queued(envelope, frames)
+        if self._reader is not None:
+            self._reader.check()
+
+    def _flush_to(self, ident: Any) -> None:
+        """Send what is queued for ``ident`` now: an answer about to leave on its own must not overtake
+        the batched answers before it."""
+        q = self._batch_out.pop(ident, None)
+        if q is not None:
+            self._send_queued(*q)
+
+    def _send_queued(self, envelope: list[bytes], frames: list[bytes]) -> None:
+        """The queued answers to one connection: alone if one, else in BATCHes of at most
+        ``MAX_BATCH_ITEMS`` messages and half the message size limit."""
+        if len(frames) == 1:
+            self._send(envelope, frames[0])
+            return
+        limit = self._codec.max_message_size // 2
+        chunk: list[bytes] = []
+        nbytes = 0
+        for f in frames:
+            if chunk and (len(chunk) >= MAX_BATCH_ITEMS or nbytes + len(f) > limit):
+                self._send_chunk(envelope, chunk)
+                chunk, nbytes = [], 0
+            chunk.append(f)
+            nbytes += len(f)
+        self._send_chunk(envelope, chunk)
+
+    def _send_chunk(self, envelope: list[bytes], chunk: list[bytes]) -> None:
+        if len(chunk) == 1:
+            self._send(envelope, chunk[0])
+        else:
+            self.counters["batches_sent"] += 1
+            self._send(envelope, batch_frame(chunk))
 
     # -- how a handler runs: the only choice this server makes --------------------------------------
 
@@ -369,7 +480,12 @@ class AsyncServer(Lifecycle):
                 # _answer, inlined: the fastest path there is (an inline handler's result)
                 frame, waiters = self._dispatch.finish(call, result, None)
                 if frame is not None:
-                    self._send(call._reply_to, frame)
+                    if call._batched:
+                        self._send_batched(call._reply_to, call.routing_id, frame)  # type: ignore[arg-type]
+                    else:
+                        if self._batch_out:
+                            self._flush_to(call.routing_id)
+                        self._send(call._reply_to, frame)
                     for other in waiters:
                         self._send(other, frame)
                 return
@@ -422,7 +538,12 @@ class AsyncServer(Lifecycle):
     def _answer(self, call: CallContext, result: Any, error: BaseException | None) -> None:
         frame, waiters = self._dispatch.finish(call, result, error)
         if frame is not None:
-            self._send(call._reply_to, frame)
+            if call._batched:
+                self._send_batched(call._reply_to, call.routing_id, frame)  # type: ignore[arg-type]
+            else:
+                if self._batch_out:
+                    self._flush_to(call.routing_id)
+                self._send(call._reply_to, frame)
             for other in waiters:  # resends that joined this call while it ran
                 self._send(other, frame)
 

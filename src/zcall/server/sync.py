@@ -41,7 +41,7 @@ from ..engine.sockets import (
     new_socket,
 )
 from ..protocol.codec import Codec, default_codec
-from ..protocol.wire import ACK, DELIMITER, MAX_REQUEST_FRAMES, split_routed
+from ..protocol.wire import ACK, DELIMITER, MAX_REQUEST_FRAMES, Batch, split_routed
 from ..service.context import CallContext
 from ..service.dispatch import Dispatcher
 from ..service.invoke import run_to_completion
@@ -326,6 +326,8 @@ class SyncServer(Lifecycle):
                     reply(send, envelope, frame)
             elif type(r) is bytes:
                 reply(send, envelope, r)
+            elif type(r) is Batch:
+                reply(send, envelope, d.batch_refused())  # one at a time: it never advertised BATCH
             else:
                 reply(send, envelope, None)  # a NOTIFY, a CANCEL, a subscribe: every request is answered
 

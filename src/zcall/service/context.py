@@ -54,6 +54,7 @@ class CallContext:
         "_reply_to",
         "_server",
         "_size",
+        "_batched",
     )
 
     def __init__(
@@ -95,6 +96,7 @@ class CallContext:
         self._reply_to = reply_to
         self._server: Any = None  # the dispatcher that admitted the call (for the built-in probes)
         self._size = 0  # its request's bytes (the dispatcher's in-flight byte budget)
+        self._batched = False  # it came in a BATCH: its answer may leave in one too
 
     # -- time ---------------------------------------------------------------------------------------
 

@@ -116,17 +116,43 @@ class Method:
             raise Rejected(StatusCode.INVALID_ARGUMENTS, text) from None
 
     def describe(self) -> dict[str, Any]:
-        """What ``zcall.methods`` reports for this method."""
+        """What ``zcall.methods`` reports for this method.
+
+        Beside the text ``signature``, each parameter as data (``params``: name, kind, annotation and
+        default as text, ``None`` when absent), the return annotation (``returns``) and the whole
+        docstring (``docstring``), so a stub generator need not parse the signature back."""
+        sig = self.signature
         return {
             "name": self.name,
-            "signature": str(self.signature) if self.signature is not None else "(...)",
+            "signature": str(sig) if sig is not None else "(...)",
             "doc": self.doc,
             "coroutine": self.is_coroutine,
             "idempotent": self.idempotent,
+            "params": None if sig is None else [_describe_param(p) for p in sig.parameters.values()],
+            "returns": None if sig is None else _annotation_text(sig.return_annotation),
+            "docstring": inspect.getdoc(self.fn) or "",
         }
 
     def __repr__(self) -> str:
         return f"<Method {self.name}{self.signature or '(...)'}>"
+
+
+def _annotation_text(annotation: Any) -> str | None:
+    """An annotation as ``str(Signature)`` writes it (``int``, ``list[str]``, ``decimal.Decimal``)."""
+    if annotation is inspect.Parameter.empty:
+        return None
+    if isinstance(annotation, str):  # a postponed annotation that did not resolve: its source text
+        return annotation
+    return inspect.formatannotation(annotation)
+
+
+def _describe_param(p: inspect.Parameter) -> dict[str, Any]:
+    return {
+        "name": p.name,
+        "kind": p.kind.name.lower(),
+        "annotation": _annotation_text(p.annotation),
+        "default": None if p.default is p.empty else repr(p.default),
+    }
 
 
 class Service:
@@ -153,14 +179,28 @@ class Service:
         self.metrics = Metrics()
         """Per-method call metrics, recorded by every server that serves this service."""
         self._servers: weakref.WeakSet[Any] = weakref.WeakSet()  # their dispatchers, for counters
-        self.serving = True
-        """False marks this service NOT_SERVING in ``zcall.health`` (e.g. while a dependency is down);
-        every server also reports NOT_SERVING from the moment its graceful stop begins."""
+        self._serving = True
+        self._on_serving_changed: list[Callable[[bool], Any]] = []  # ROUTER servers' health events
         self._add_builtin("ping", self._ping, while_stopping=True)
         self._add_builtin("health", self._health, while_stopping=True)
         if introspection:
             self._add_builtin("methods", self._list_methods)
             self._add_builtin("stats", self._stats)
+
+    @property
+    def serving(self) -> bool:
+        """False marks this service NOT_SERVING in ``zcall.health`` (e.g. while a dependency is down);
+        every server also reports NOT_SERVING from the moment its graceful stop begins. A change is
+        pushed as a ``zcall.health`` event by the ROUTER servers serving this service."""
+        return self._serving
+
+    @serving.setter
+    def serving(self, value: bool) -> None:
+        changed = bool(value) != self._serving
+        self._serving = bool(value)
+        if changed:
+            for notify in list(self._on_serving_changed):
+                notify(self._serving)
 
     # -- registration ------------------------------------------------------------------------------
 

@@ -33,17 +33,24 @@ from ..server.asynchronous import AsyncServer
 from ..server.lifecycle import DEFAULT_GRACE
 from ..server.sync import SyncServer
 from ..service.registry import Service
+from ..tools.health import NotServing, wait_serving
 from ..tools.process import ProcessHandle, SpawnError, spawn, stop_all
 from ..tools.ready import announce
 from ..tools.serving import serve_until_stopped
 from ..tools.targets import TargetError, load_service
+from .doubles import CallRecorder, FakeServer, NotScripted, RecordedCall
 from .faultproxy import REPLIES, REQUESTS, FaultProxy, FaultRule, is_call, is_reply, kind_of
 
 __all__ = [
+    "CallRecorder",
+    "FakeServer",
+    "NotScripted",
+    "RecordedCall",
     "REPLIES",
     "REQUESTS",
     "FaultProxy",
     "FaultRule",
+    "NotServing",
     "ProcessHandle",
     "SpawnError",
     "free_tcp_endpoint",
@@ -57,6 +64,7 @@ __all__ = [
     "spawn",
     "spawn_server",
     "stop_all",
+    "wait_serving",
 ]
 
 ServerKind = Literal["sync", "async"]

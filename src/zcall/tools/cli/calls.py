@@ -14,10 +14,10 @@ from typing import Any
 from ...errors import CallTimeout
 from .common import (
     EXIT_ERROR,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TIMEOUT,
     UsageError,
+    add_mesh_option,
     endpoints,
     err,
     one_shot,
@@ -94,7 +94,7 @@ def _call(
 
 
 def cmd_call(ns: argparse.Namespace) -> int:
-    eps = endpoints(ns.endpoint)
+    eps = endpoints(ns.endpoint, ns.mesh)
     security = _client_security(ns)
     args = [parse_value(a) for a in ns.args]
     kwargs = _parse_kw(ns.kw)
@@ -104,7 +104,7 @@ def cmd_call(ns: argparse.Namespace) -> int:
         print(to_json(result) if ns.json else readable(result), flush=True)
         return EXIT_OK
 
-    return one_shot(go)
+    return one_shot(go, json_errors=ns.json, where=eps, call_timeout=ns.timeout, security=security)
 
 
 # -- ls / ping / stats ----------------------------------------------------------------------------
@@ -119,10 +119,11 @@ def _unquote_annotations(signature: str) -> str:
 
 
 def cmd_ls(ns: argparse.Namespace) -> int:
-    eps = endpoints(ns.endpoint)
+    eps = endpoints(ns.endpoint, ns.mesh)
+    security = _client_security(ns)
 
     def go() -> int:
-        methods = _call(eps, "zcall.methods", [], {}, ns.timeout, False, _client_security(ns))
+        methods = _call(eps, "zcall.methods", [], {}, ns.timeout, False, security)
         if ns.json:
             print(to_json(methods), flush=True)
             return EXIT_OK
@@ -145,13 +146,17 @@ def cmd_ls(ns: argparse.Namespace) -> int:
         print(f"({len(user)} methods, {len(builtin)} built-in)", flush=True)
         return EXIT_OK
 
-    return one_shot(go)
+    return one_shot(go, json_errors=ns.json, where=eps, call_timeout=ns.timeout, security=security)
 
 
 def cmd_ping(ns: argparse.Namespace) -> int:
     from ...client.sync import SyncClient
 
-    eps = endpoints(ns.endpoint)
+    if getattr(ns, "wait", None) is not None:  # readiness: until SERVING (zcall.tools.cli.probe)
+        from .probe import cmd_ping_wait
+
+        return cmd_ping_wait(ns, _client_security(ns))
+    eps = endpoints(ns.endpoint, ns.mesh)
     if ns.count < 1:
         raise UsageError("--count must be at least 1")
     times: list[float] = []
@@ -186,7 +191,7 @@ def cmd_ping(ns: argparse.Namespace) -> int:
         print(summary, flush=True)
         return EXIT_OK if not lost else EXIT_TIMEOUT
 
-    return one_shot(go)
+    return one_shot(go, where=eps)
 
 
 def _rows_of(result: dict[str, Any]) -> dict[str, Any] | None:
@@ -238,8 +243,12 @@ def fetch_stats(endpoints: list[str], timeout: float, security: Any = None) -> A
 def cmd_stats(ns: argparse.Namespace) -> int:
     from ...errors import MethodNotFound
 
-    eps = endpoints(ns.endpoint)
+    eps = endpoints(ns.endpoint, ns.mesh)
     security = _client_security(ns)
+    if getattr(ns, "prometheus", False):  # text exposition format (zcall.tools.cli.exposition)
+        from .exposition import cmd_stats_prometheus
+
+        return cmd_stats_prometheus(ns, security)
     if ns.watch is not None and ns.watch <= 0:
         raise UsageError("--watch takes a positive number of seconds")
 
@@ -258,17 +267,21 @@ def cmd_stats(ns: argparse.Namespace) -> int:
             while ns.watch is not None:
                 time.sleep(ns.watch)  # the refresh period is the behaviour asked for
                 once()
-        except MethodNotFound:
+        except MethodNotFound as exc:
+            if ns.json:
+                raise
             err(
                 f"error: the server at {','.join(eps)} has no zcall.stats method "
-                "(it runs a zcall without call metrics); 'zcall ping' and 'zcall ls' still work"
+                f"(it runs a zcall without call metrics); 'zcall ping' and 'zcall ls' still work ({exc})"
             )
             return EXIT_ERROR
         except KeyboardInterrupt:
-            return EXIT_OK if ns.watch is not None else EXIT_INTERRUPTED
+            if ns.watch is None:
+                raise
+            return EXIT_OK  # Ctrl-C is how --watch is meant to end
         return EXIT_OK
 
-    return one_shot(go)
+    return one_shot(go, json_errors=ns.json, where=eps, call_timeout=ns.timeout, security=security)
 
 
 def add_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
@@ -276,10 +289,13 @@ def add_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         "call",
         help="call a method and print the result",
         description=(
-            "Call METHOD at ENDPOINT (several comma-separated endpoints: failover). Arguments are JSON when\n"
-            "they parse, else strings: 10 is a number, '\"10\"' a string, '[1,2]' a list, true a bool.\n"
-            "A remote error prints its type, message and traceback on stderr and exits 1; no reply within\n"
-            "--timeout exits 3."
+            "Call METHOD at ENDPOINT (several comma-separated endpoints: failover; @NAME: a peer of a\n"
+            "running zcall launch). Arguments are JSON when they parse, else strings: 10 is a number,\n"
+            "'\"10\"' a string, '[1,2]' a list, true a bool. A remote error prints its type, message and\n"
+            "traceback on stderr and exits 1; no reply within --timeout exits 3 (after a ping that says\n"
+            "whether the server is slow or missing); a bad endpoint or argument exits 2; Ctrl-C exits 130.\n"
+            "With --json the result is JSON on stdout, and an error one JSON object on stderr:\n"
+            '  {"error": {"type", "message", "code", "code_name", "endpoint", "exit_code", ...}}'
         ),
         formatter_class=fmt,
     )
@@ -289,7 +305,9 @@ def add_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument(
         "--kw", action="append", default=[], metavar="NAME=VALUE", help="a keyword argument (repeat)"
     )
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--json", action="store_true", help="print the result as JSON (an error: one JSON object on stderr)"
+    )
     p.add_argument(
         "--timeout", type=float, default=5.0, metavar="S", help="seconds to wait for the reply (default 5)"
     )
@@ -297,6 +315,7 @@ def add_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         "--async", dest="use_async", action="store_true", help="call over DEALER (AsyncClient) instead of REQ"
     )
     _add_client_security(p)
+    add_mesh_option(p)
     p.set_defaults(func=cmd_call)
 
     p = sub.add_parser("ls", help="list a server's methods with signatures and docs")
@@ -304,6 +323,7 @@ def add_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--json", action="store_true", help="print zcall.methods' raw answer as JSON")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S")
     _add_client_security(p)
+    add_mesh_option(p)
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("ping", help="round-trip time, service name and pid (zcall.ping)")
@@ -315,7 +335,16 @@ def add_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument(
         "--timeout", type=float, default=2.0, metavar="S", help="seconds to wait per ping (default 2)"
     )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=None,
+        metavar="S",
+        help="readiness: wait up to S s for zcall.health to say SERVING (exit 0; 3 no answer, 1 not serving)",
+    )
+    p.add_argument("--service", default=None, metavar="NAME", help="with --wait: this service's health")
     _add_client_security(p)
+    add_mesh_option(p)
     p.set_defaults(func=cmd_ping)
 
     p = sub.add_parser("stats", help="a server's per-method call metrics (zcall.stats)")
@@ -324,6 +353,10 @@ def add_parsers(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         "--watch", type=float, default=None, metavar="S", help="refresh every S seconds until Ctrl-C"
     )
     p.add_argument("--json", action="store_true", help="print zcall.stats' raw answer as JSON")
+    p.add_argument(
+        "--prometheus", action="store_true", help="print it in Prometheus text format (zcall[prometheus])"
+    )
     p.add_argument("--timeout", type=float, default=5.0, metavar="S")
     _add_client_security(p)
+    add_mesh_option(p)
     p.set_defaults(func=cmd_stats)

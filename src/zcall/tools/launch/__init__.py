@@ -2,7 +2,8 @@
 
 A topology lists peers: a ``name``, a ``target`` (``"module:attr"``, what ``zcall serve`` runs), a
 ``bind`` endpoint, the ``peers`` it knows by name, extra ``env``, a ``restart`` policy ("no",
-"on-failure", "always") and an optional ``sync_bind`` (a REP endpoint beside the ROUTER)::
+"on-failure", "always"), an optional ``max_restarts`` (how many restarts at most; then the peer stays
+down) and an optional ``sync_bind`` (a REP endpoint beside the ROUTER)::
 
     [launch]
     startup_timeout = 15.0      # seconds for every peer to print READY and answer zcall.ping
@@ -15,6 +16,7 @@ A topology lists peers: a ``name``, a ``target`` (``"module:attr"``, what ``zcal
     target = "mesh_services:pricing"
     bind = "tcp://127.0.0.1:*"
     restart = "on-failure"
+    max_restarts = 5            # the sixth crash leaves it down (default: no limit)
 
     [[peer]]
     name = "frontend"
@@ -41,10 +43,15 @@ every platform the child stops when its stdin (a pipe from the launcher) reaches
 PDEATHSIG fires when the *thread* that started the child ends: start and supervise from one long-lived
 thread (the main thread, as ``zcall launch`` does). A normal exit, an exception and ``atexit`` all stop
 the children too (SIGTERM, then SIGKILL after ``stop_timeout``).
+
+**State.** ``zcall launch`` keeps a state file current (every peer's endpoint, pid, state and restart
+count, rewritten atomically on every change; ``--ready-file PATH`` writes a copy), which is how
+``zcall call @name ...`` finds a peer by name and what ``zcall ps`` prints: ``zcall.tools.launch.state``.
 """
 
 from __future__ import annotations
 
+from .state import MeshLookupError, find_peer
 from .supervisor import Launcher, LaunchError, PeerProcess
 from .topology import RESTART_POLICIES, PeerSpec, Topology, TopologyError, load_topology
 
@@ -52,9 +59,11 @@ __all__ = [
     "RESTART_POLICIES",
     "LaunchError",
     "Launcher",
+    "MeshLookupError",
     "PeerProcess",
     "PeerSpec",
     "Topology",
     "TopologyError",
+    "find_peer",
     "load_topology",
 ]

@@ -10,7 +10,6 @@ the one thing the supervising thread waits on, woken by a signal, a child's outp
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import signal
@@ -21,13 +20,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 from ...client.sync import SyncClient
 from ...errors import ZcallError
 from ...server.signals import StopSignal
+from ..health import wait_serving
 from ..process import ProcessHandle, SpawnError, start, stop_all
+from .state import default_state_path, format_table, live_states, write_state
 from .topology import PeerSpec, Topology
 
 __all__ = ["LaunchError", "Launcher", "PeerProcess"]
@@ -37,6 +39,7 @@ log = logging.getLogger("zcall.launch")
 _QUICK_EXIT_S = 10.0  # a peer that dies sooner than this after starting backs off before its next start
 _MAX_BACKOFF_S = 10.0
 _STDERR_TAIL = 15  # lines of a peer's stderr kept for the error when it fails to start
+_EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (SIGINT), as README documents
 
 
 class LaunchError(RuntimeError):
@@ -97,6 +100,10 @@ class PeerProcess:
     quick_failures: int = 0
     restart_at: float | None = None
     exit_handled: bool = True
+    state: str = "starting"
+    """``starting``, ``up``, ``restarting``, ``down`` (stays down) or ``stopped`` (see launch.state)."""
+    last_exit: int | None = None
+    """The exit code of its last process (negative: the signal that killed it)."""
 
     @property
     def name(self) -> str:
@@ -142,6 +149,10 @@ class Launcher:
         self._stopping = False
         self._started = False
         self.processes: dict[str, PeerProcess] = {}
+        self.state = "starting"
+        """The launcher's own state: ``starting``, ``running``, ``stopping``, ``stopped``."""
+        self._state_files: list[Path] = []
+        self._state_lock = threading.Lock()
 
     # -- public -------------------------------------------------------------------------------------
 
@@ -181,12 +192,17 @@ class Launcher:
         except BaseException:
             self.stop()
             raise
+        self.state = "running"
+        self._save()
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Send ``sig`` to every child, wait ``stop_timeout``, SIGKILL the rest, reap all. Idempotent."""
         self._stopping = True
         self._stop.request("stop() called")
+        if self.state != "stopped":
+            self.state = "stopping"
+            self._save()
         current = [pp for pp in self.processes.values() if pp.handle is not None]
         running = [pp for pp in current if pp.alive()]
         stop_all([pp.handle for pp in current if pp.handle is not None], self.topology.stop_timeout, sig=sig)
@@ -202,6 +218,14 @@ class Launcher:
                 )
             elif h.returncode != 0:
                 log.warning("peer %s (pid %d) exited with code %s on stop", pp.name, h.pid, h.returncode)
+        for pp in self.processes.values():
+            if pp.state in ("starting", "up", "restarting"):
+                pp.state = "stopped"
+            if pp.handle is not None and not pp.handle.alive():
+                pp.last_exit = pp.handle.returncode
+        if self.state != "stopped":
+            self.state = "stopped"
+            self._save()
         atexit.unregister(self.stop)
 
     def request_stop(self) -> None:
@@ -249,48 +273,91 @@ class Launcher:
         return 0
 
     def table(self) -> str:
-        """Names, endpoints and pids, aligned."""
-        rows = [("NAME", "ENDPOINT", "PID", "SYNC ENDPOINT")]
-        for pp in self.processes.values():
-            rows.append((pp.name, pp.endpoint, str(pp.pid or "-"), pp.sync_endpoint or ""))
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+        """Names, endpoints, pids, states and restart counts, aligned (``zcall ps`` prints the same)."""
+        return format_table(self.snapshot()["peers"])
 
-    def write_ready_file(self, path: str | os.PathLike[str]) -> None:
-        """Write ``{name: {"endpoint", "sync_endpoint", "pid"}}`` as JSON, atomically (scripts, tests)."""
-        data = {
-            n: {"endpoint": pp.endpoint, "sync_endpoint": pp.sync_endpoint, "pid": pp.pid}
+    def snapshot(self) -> dict[str, Any]:
+        """What the state file holds (``zcall.tools.launch.state``): the launcher, then every peer."""
+        peers = {
+            n: {
+                "endpoint": pp.endpoint,
+                "sync_endpoint": pp.sync_endpoint,
+                "pid": pp.pid if pp.state in ("starting", "up") else None,
+                "state": pp.state,
+                "restarts": pp.restarts,
+                "max_restarts": pp.spec.max_restarts,
+                "restart": pp.spec.restart,
+                "last_exit": pp.last_exit,
+            }
             for n, pp in self.processes.items()
         }
-        tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"launcher_pid": os.getpid(), "peers": data}, f, indent=2)
-        os.replace(tmp, path)
+        return {
+            "launcher_pid": os.getpid(),
+            "topology": self.topology.source,
+            "state": self.state,
+            "peers": peers,
+        }
 
-    def run(self, ready_file: str | os.PathLike[str] | None = None) -> int:
-        """``zcall launch``: start, print the table and ``LAUNCHED``, supervise until SIGINT/SIGTERM, stop."""
+    def write_ready_file(self, path: str | os.PathLike[str]) -> None:
+        """Write ``snapshot()`` as JSON to ``path`` now, atomically (``keep_state`` keeps it current)."""
+        write_state(path, self.snapshot())
+
+    def keep_state(self, path: str | os.PathLike[str]) -> None:
+        """Rewrite ``snapshot()`` to ``path`` (atomically) on every change from now on: a peer starting,
+        exiting, restarting or giving up, and the launcher stopping."""
+        p = Path(path)
+        if p not in self._state_files:
+            self._state_files.append(p)
+        if self._started:
+            self._save()
+
+    def run(
+        self,
+        ready_file: str | os.PathLike[str] | None = None,
+        *,
+        state_file: str | os.PathLike[str] | None = None,
+    ) -> int:
+        """``zcall launch``: start, print the table and ``LAUNCHED``, supervise until SIGINT/SIGTERM, stop.
+
+        Keeps the state file current (``state_file``, default ``state.default_state_path()``, removed on
+        exit) and ``ready_file`` too (left behind, marked stopped). Returns 0 when stopped by SIGTERM or
+        every peer exited 0, 130 when stopped by Ctrl-C (SIGINT), 1 when the launch failed or every peer
+        is down for good after a failure.
+        """
         received = self._stop.signals_received
+        own = Path(state_file) if state_file is not None else default_state_path()
+        if state_file is None:
+            _forget_dead_launchers(own.parent)
+        self.keep_state(own)
+        if ready_file is not None:
+            self.keep_state(ready_file)
         with self._stop:  # SIGINT/SIGTERM only set a flag and poke the self-pipe
             try:
                 try:
                     self.start()
                 except LaunchError as exc:
                     if received:
-                        return 0
+                        return self._signal_code(received)
                     self._print(f"launch failed: {exc}", err=True)
                     return 1
                 if received:
-                    return 0
+                    return self._signal_code(received)
                 self._print(self.table())
-                if ready_file is not None:
-                    self.write_ready_file(ready_file)
+                self._print(f"state file: {own} (zcall call @NAME ..., zcall ps)")
                 self._print(f"LAUNCHED {len(self.processes)} peers (Ctrl-C to stop)")
                 code = self.supervise()
                 if received:
                     self._print(f"stopping {len(self.processes)} peers ({signal.Signals(received[0]).name})")
+                    return self._signal_code(received)
                 return code
             finally:  # a Ctrl-C is forwarded as one (the peers log it as such), anything else as SIGTERM
                 self.stop(signal.SIGINT if received and received[0] == signal.SIGINT else signal.SIGTERM)
+                self._state_files.remove(own)  # gone with us; a --ready-file stays, marked stopped
+                _unlink(own)
+
+    @staticmethod
+    def _signal_code(received: list[int]) -> int:
+        return _EXIT_INTERRUPTED if received[0] == signal.SIGINT else 0
 
     def __enter__(self) -> Launcher:
         return self.start()
@@ -301,6 +368,18 @@ class Launcher:
         self.stop()
 
     # -- internals ---------------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        """Rewrite every kept state file (a failure is logged: the mesh matters more than its file)."""
+        if not self._state_files:
+            return
+        with self._state_lock:
+            data = self.snapshot()
+            for path in self._state_files:
+                try:
+                    write_state(path, data)
+                except OSError as exc:
+                    log.warning("cannot write the state file %s: %s", path, exc)
 
     def _print(self, line: str, *, err: bool = False) -> None:
         stream = self._err if err else self._out
@@ -389,40 +468,59 @@ class Launcher:
             from ...security import ClientSecurity
 
             security = ClientSecurity(pp.spec.curve_secret, pp.spec.curve_secret)
-        client = SyncClient(pp.endpoint, timeout=max(0.2, min(2.0, remaining)), security=security)
-        try:
-            while True:
-                try:
-                    pong = client.call("zcall.ping")
-                    break
-                except ZcallError as exc:
-                    if time.monotonic() >= deadline or not pp.alive():
-                        raise LaunchError(
-                            f"peer {pp.name!r} at {pp.endpoint} does not answer zcall.ping: {exc}"
-                        ) from None
-        finally:
-            client.close()
+        try:  # up means SERVING (zcall.health), as a container probe would see it: zcall.tools.health
+            wait_serving(pp.endpoint, max(0.2, remaining), security=security)
+            with SyncClient(pp.endpoint, timeout=max(0.2, min(2.0, remaining)), security=security) as c:
+                pong = c.call("zcall.ping")  # whose pid answers
+        except ZcallError as exc:
+            raise LaunchError(f"peer {pp.name!r} at {pp.endpoint} is not serving: {exc}") from None
         if isinstance(pong, dict) and pong.get("pid") not in (None, pp.pid):
             raise LaunchError(
                 f"{pp.endpoint} is answered by pid {pong.get('pid')}, not peer {pp.name!r} (pid {pp.pid}): "
                 "another process holds that port"
             )
-        self._print(f"peer {pp.name} up at {pp.endpoint} (pid {pp.pid})")
+        pp.state = "up"
+        self._save()
+        if pp.restarts:
+            limit = pp.spec.max_restarts
+            which = f"restart {pp.restarts}" + (f" of {limit}" if limit is not None else "")
+            self._print(f"peer {pp.name} up at {pp.endpoint} (pid {pp.pid}, {which})")
+        else:
+            self._print(f"peer {pp.name} up at {pp.endpoint} (pid {pp.pid})")
 
     def _on_exit(self, pp: PeerProcess) -> None:
         h = pp.handle
         assert h is not None
         pp.exit_handled = True
         code = h.wait(0.0)  # it has exited: reap it, and drain the rest of its output
+        pp.last_exit = code
         if self._stopping:
             return
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
         policy = pp.spec.restart
         again = policy == "always" or (policy == "on-failure" and code != 0)
+        limit = pp.spec.max_restarts
+        if again and limit is not None and pp.restarts >= limit:
+            log.warning(
+                "peer %s (pid %d) %s; it was restarted %d time(s), max_restarts=%d: it stays down",
+                pp.name,
+                h.pid,
+                how,
+                pp.restarts,
+                limit,
+            )
+            pp.state = "down"
+            self._save()
+            self._print(f"peer {pp.name} down (pid {h.pid} {how}; restart limit {limit} reached)")
+            return
         if not again:
             log.warning("peer %s (pid %d) %s; restart=%r: it stays down", pp.name, h.pid, how, policy)
+            pp.state = "down"
+            self._save()
             self._print(f"peer {pp.name} down (pid {h.pid} {how})")
             return
+        pp.state = "restarting"
+        self._save()
         uptime = time.monotonic() - pp.started_at
         pp.quick_failures = pp.quick_failures + 1 if uptime < _QUICK_EXIT_S else 0
         delay = 0.0 if pp.quick_failures <= 1 else min(_MAX_BACKOFF_S, 0.5 * 2 ** (pp.quick_failures - 2))
@@ -457,3 +555,19 @@ def _stop_already_under_way() -> None:
 
 def _drop(line: str) -> None:
     """A quiet launcher's stdout relay: the line is read (the pipe never fills) and forgotten."""
+
+
+def _unlink(path: Path) -> None:
+    """Remove ``path`` if it is there."""
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def _forget_dead_launchers(directory: Path) -> None:
+    """Remove the state files of launchers that died without cleaning up (SIGKILL): nobody keeps them."""
+    alive = {p for p, _ in live_states(directory)}
+    for path in directory.glob("mesh-*.json"):
+        if path not in alive:
+            _unlink(path)

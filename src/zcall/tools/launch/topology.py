@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...engine.sockets import DEFAULT_BIND
+from ...engine.sockets import DEFAULT_BIND, check_endpoint
 from ..targets import TargetError, split_target
 
 __all__ = ["RESTART_POLICIES", "PeerSpec", "Topology", "TopologyError", "load_topology"]
@@ -47,6 +47,8 @@ class PeerSpec:
     allow_ips: list[str] = field(default_factory=list)
     peer_keys: str | None = None
     """CURVE: where the peers it knows have their public NAME.key (default: ``allow_keys``)."""
+    max_restarts: int | None = None
+    """How many times the launcher restarts this peer at most (None: no limit); then it stays down."""
 
 
 @dataclass
@@ -82,16 +84,22 @@ class Topology:
                 raise TopologyError(
                     f"{where}: peer {p.name!r}: target must be 'module:attr', got {p.target!r}"
                 ) from None
+            mr = p.max_restarts
+            if mr is not None and (not isinstance(mr, int) or isinstance(mr, bool) or mr < 0):
+                raise TopologyError(
+                    f"{where}: peer {p.name!r}: max_restarts must be a whole number >= 0, got {mr!r}"
+                )
             if p.restart not in RESTART_POLICIES:
                 raise TopologyError(
                     f"{where}: peer {p.name!r}: restart must be one of {', '.join(RESTART_POLICIES)}, "
                     f"got {p.restart!r}"
                 )
-            for ep in (p.bind, p.sync_bind):
-                if ep is not None and "://" not in ep:
-                    raise TopologyError(
-                        f"{where}: peer {p.name!r}: {ep!r} is not an endpoint like 'tcp://127.0.0.1:*'"
-                    )
+            for key, ep in (("bind", p.bind), ("sync_bind", p.sync_bind)):
+                if ep is not None:
+                    try:
+                        check_endpoint(ep, bind=True)
+                    except ValueError as exc:
+                        raise TopologyError(f"{where}: peer {p.name!r}: {key}: {exc}") from None
         _validate_curve(self.peers, where)
         for p in self.peers:
             for other in p.peers:
@@ -122,7 +130,7 @@ class Topology:
             raise TopologyError(f"{source}: peers are an array of tables: write [[peer]] (double brackets)")
         base = Path(base_dir)
         peers = []
-        fields = {"name", "target", "bind", "peers", "env", "restart", "sync_bind"}
+        fields = {"name", "target", "bind", "peers", "env", "restart", "sync_bind", "max_restarts"}
         fields |= {"curve_secret", "allow_keys", "allow_ips", "peer_keys"}
         for i, raw in enumerate(raw_peers):
             label = f"{source} peer #{i + 1}" + (
@@ -149,6 +157,7 @@ class Topology:
                     env={str(k): str(v) for k, v in env.items()},
                     restart=str(raw.get("restart", "no")),
                     sync_bind=None if raw.get("sync_bind") is None else str(raw["sync_bind"]),
+                    max_restarts=raw.get("max_restarts"),
                     **_curve_fields(raw, base, label),
                 )
             )
