@@ -15,7 +15,7 @@ import zcall
 from zcall.client.asynchronous import DEFAULT_MAX_IN_FLIGHT as CLIENT_MAX_IN_FLIGHT
 from zcall.engine.sockets import MAX_SOCKETS_WANTED, frame_limit
 from zcall.protocol.codec import COUNTED_ABOVE, DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_MESSAGE_SIZE
-from zcall.protocol.wire import MAX_REQUEST_FRAMES
+from zcall.protocol.wire import MAX_BATCH_ITEMS, MAX_REQUEST_FRAMES
 from zcall.server.events import _SWEEP_MIN
 from zcall.server.lifecycle import DEFAULT_GRACE
 from zcall.service.dispatch import (
@@ -80,6 +80,7 @@ def test_the_defaults_in_the_table_are_the_codes() -> None:
     assert default("one frame") == f"{mib(DEFAULT_MAX_MESSAGE_SIZE)} + {mib(extra)}"
     assert frame_limit(1024) == 1024 + 64 * 1024 and frame_limit(64 * MIB) == 72 * MIB  # "max(64 KiB, /8)"
     assert default("frames of one request") == str(MAX_REQUEST_FRAMES)
+    assert default("messages in one BATCH (AsyncServer, Peer)") == str(MAX_BATCH_ITEMS)
     decoded = ROWS["maps and arrays of one message, decoded"]
     assert decoded[2].startswith(mib(DEFAULT_MAX_DECODED_BYTES) + " ")
     assert f"bodies under {COUNTED_ABOVE // 1024} KiB are not counted" in decoded[1]
