@@ -274,42 +274,32 @@ def test_request_bytes_in_flight_are_bounded_and_calls_beyond_are_overloaded(
     assert (end["in_flight"], end["in_flight_bytes"]) == (1, len(call_body(7, "probe", [False])))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="max_in_flight_bytes counts request bytes on the wire (service/dispatch.py admit: size = "
-    "len(body)), not what they decode to: a queued call of empty maps holds ~64x its size (up to "
-    "max_decoded_bytes each), so 1 MiB of admitted requests held ~70 MB here (64 MiB of requests can "
-    "hold ~4 GiB); fix: charge each call max(len(body), the decode budget it used)",
-)
 def test_queued_calls_hold_a_small_multiple_of_max_in_flight_bytes_even_when_dense(
     servers: Callable[..., ProcessHandle], ctx: zmq.Context
 ) -> None:
+    """A dense request is charged what it holds decoded (Codec.held_by), not its wire size: with a 1 MiB
+    limit and one call running, ten 100 KB bodies of empty maps (~6.4 MB each once decoded) are all
+    OVERLOADED at once instead of queueing ~64 MB."""
     limit = 1 * MIB
     h = servers("async", "--workers", "1", "--max-in-flight-bytes", str(limit))
     with raw(ctx, zmq.DEALER, h.endpoint, timeout_ms=30_000) as d:
         start = d.probe(reset_peak=True)
         d.send(1, "hold", "dense-gate")
         h.expect("STARTED dense-gate")
-        for i in range(10):  # 100,000 empty maps each: 100 KB on the wire, ~6.4 MB decoded; all fit
+        for i in range(10):  # 100,000 empty maps each: 100 KB on the wire, ~6.4 MB decoded
             d.send_body(dense_call(200 + i, 100_000, b"\x80", method="hold", first=(f"d{i}", 30.0)))
-        mid = d.probe()  # read after the ten: each was admitted by now
-        assert mid["in_flight"] == 12 and mid["in_flight_bytes"] <= limit
-        for i, tag in enumerate(["dense-gate"] + [f"d{i}" for i in range(10)]):
-            d.send(2 + i, "release", tag)
-        assert len([d.recv() for _ in range(22)]) == 22
+        refused = [d.recv() for _ in range(10)]
+        assert sorted(m[2] for m in refused) == list(range(200, 210))
+        assert all(error_of(m)[1] == OVERLOADED for m in refused), refused
+        mid = d.probe()
+        assert mid["in_flight"] == 2 and mid["in_flight_bytes"] <= limit  # the gate and this probe
+        d.send(2, "release", "dense-gate")
+        assert {d.recv()[2] for _ in range(2)} == {1, 2}
     peak_kib = mid["peak_rss_kib"] - start["rss_kib"]
-    print(f"\n{mid['in_flight'] - 2} dense calls queued; peak RSS +{peak_kib} KiB for {limit // KIB} KiB")
+    print(f"\n10 dense calls refused, none queued; peak RSS +{peak_kib} KiB for {limit // KIB} KiB")
     assert peak_kib < 4 * limit // KIB + SLACK_KIB
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a SyncServer reads one request at a time and leaves the rest in libzmq's queue, which "
-    "holds up to RCVHWM (1000, zmq's default: server/sync.py _serve sets no RCVHWM) messages per "
-    "connection, each up to frame_limit: one connection made it hold ~64 MB of 64 KiB requests "
-    "behind a 2 s call here (16 MiB limit: up to ~18 GB per connection). Fix: a small RCVHWM on the "
-    "SyncServer's ROUTER (a REQ client has one request outstanding; a pipelining DEALER just waits)",
-)
 def test_a_sync_server_holds_few_waiting_requests_per_connection(
     servers: Callable[..., ProcessHandle], ctx: zmq.Context
 ) -> None:

@@ -82,15 +82,6 @@ def test_a_bad_target_is_a_usage_error_with_one_clear_line(target: str, says: st
     assert "Traceback" not in r.stderr and r.stdout == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="two more bad targets end in a traceback and exit 1: a relative module name ('.rel:x': "
-    "importlib.import_module raises TypeError, and tools/targets.py load_target catches only "
-    "ModuleNotFoundError), and an object with nothing to serve (msgpack:unpackb, a compiled function: "
-    "Service.register raises ValueError 'has no public methods to register', which tools/cli/serve.py "
-    "_build_service lets out). Fix: refuse a module name starting with '.' in split_target, and turn "
-    "register's ValueError/TypeError into UsageError",
-)
 @pytest.mark.parametrize("target", [".rel:x", "msgpack:unpackb"])
 def test_every_other_bad_target_is_a_usage_error_too(target: str) -> None:
     r = zcall_run("serve", target)
@@ -109,14 +100,6 @@ def test_the_applications_own_function_is_served() -> None:
             assert c.call("hello") == "hello"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Service.register (service/registry.py) registers every public routine dir(obj) lists, "
-    "inherited ones included: a class built on dict serves clear, copy, get, items, keys, pop, "
-    "popitem, setdefault, update and values (a class built on threading.Thread would serve start and "
-    "join); only the class's own code should be. Fix: skip routines defined on a builtin or standard "
-    "library class (walk the MRO with inspect.getattr_static and check each defining class's module)",
-)
 def test_only_a_classs_own_methods_are_served_not_those_it_inherits_from_builtins() -> None:
     with zcall_serve("helpers.cli_targets:Api") as h:
         assert served_methods(h.endpoint) == ["hello"]

@@ -97,14 +97,6 @@ def test_an_engine_loop_that_dies_anyway_is_reported_critically(ctx: zmq.Context
         assert "CRITICAL zcall.engine" in log and "KeyboardInterrupt: injected into the loop" in log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the death is only logged (engine/loop.py Engine._run): nothing wakes serve_forever, so the "
-    "process stays up with its ROUTER still bound by libzmq (connections and ZMTP heartbeats still "
-    "succeed, so clients see it alive) and every call times out; at SIGTERM it exits 0 after "
-    "grace + 10 s (AsyncServer.stop waits _done). Fix: on a dead loop, request the StopSignal of every "
-    "serve_forever on it (or os._exit) so the process ends non-zero and a supervisor restarts it",
-)
 def test_a_server_whose_engine_loop_died_ends_its_process_with_a_failure(ctx: zmq.Context) -> None:
     with spawn_hostile("async") as h, raw(ctx, zmq.DEALER, h.endpoint) as d:
         try:
@@ -115,18 +107,6 @@ def test_a_server_whose_engine_loop_died_ends_its_process_with_a_failure(ctx: zm
     assert code != 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a result's encoding runs user code (a registered ext type's encoder) outside any guard: "
-    "Dispatcher.finish (service/dispatch.py, reply_frame in finish) catches only SerializationError/"
-    "ProtocolError and Codec.packb (protocol/codec.py packb) turns only TypeError/ValueError/"
-    "OverflowError into SerializationError. Anything else escapes finish: on AsyncServer the call is "
-    "never answered (RuntimeError: logged by the reader) or the loop goes deaf/dies (a BaseException "
-    "out of Reader._ready / Workers._deliver); on SyncServer it kills the serving thread "
-    "(server/sync.py _loop_until_stopped calls finish unguarded) and the process exits 0. Fix: in "
-    "finish, treat any BaseException from reply_frame/check_readable as 'result not sendable' "
-    "(INTERNAL)",
-)
 @pytest.mark.parametrize(
     ("kind", "method", "name"),
     [

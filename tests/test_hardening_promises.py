@@ -183,16 +183,6 @@ def test_a_sync_server_measures_a_deadline_from_when_it_reads_the_request(
 # -- a timeout is the whole call's budget, whatever the server does -----------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client/sync.py SyncClient._attempts sends on its REQ socket with a blocking send and no "
-    "SNDTIMEO (req.send(frame, 0)): when a pooled socket's connection was refused on reconnect (the "
-    "server restarted with the client's key revoked, or with CURVE turned on), libzmq terminates its "
-    "pipe and the send blocks forever, whatever the call's timeout. The same race makes a first call "
-    "hang when the refusal beats the send (test_security's [sync] refusal test timed out once in a "
-    "loaded full run). Fix: send with NOBLOCK (or SNDTIMEO = the attempt's budget) and treat "
-    "zmq.Again as a failed attempt: close the socket (Lazy Pirate) and go on",
-)
 def test_a_sync_call_times_out_even_when_its_pooled_connection_was_refused_on_reconnect(
     tmp_path: Path,
 ) -> None:

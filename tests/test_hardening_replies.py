@@ -97,14 +97,6 @@ def test_an_int_keyed_map_result_is_an_internal_error_naming_the_problem_on_ever
     assert took < AT_ONCE, took
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_replies decodes a result only when type(result) is exactly dict, list or tuple "
-    "(service/dispatch.py _CONTAINERS, in Dispatcher.finish); msgpack packs dict subclasses "
-    "(defaultdict, OrderedDict, Counter) as maps too, so an int-keyed defaultdict goes out unchecked "
-    "and the caller gets a ProtocolError instead of INTERNAL. Fix: isinstance(result, (dict, list, "
-    "tuple)), or check every result that is not a scalar",
-)
 @pytest.mark.parametrize("kind", ["async", "sync"])
 def test_an_int_keyed_dict_subclass_result_is_an_internal_error_too(
     kind: str, servers: Callable[..., ProcessHandle]

@@ -4,8 +4,6 @@ waiters per running call. Over sockets: test_hardening_promises.py and test_hard
 
 from __future__ import annotations
 
-import pytest
-
 from zcall.service.replycache import IN_PROGRESS, ReplyCache
 
 
@@ -116,15 +114,6 @@ def test_a_forgotten_call_hands_over_its_waiters_and_its_bytes() -> None:
     assert c.forget("cut") == [] and c.nbytes == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a running call's entry carries the age limit from its begin (service/replycache.py "
-    "begin: [now + ttl, IN_PROGRESS, ...]) and _expire drops it like a reply: a call still running "
-    "after ttl (60 s) is forgotten, so its resend (a client with timeout > 60 s and retries) runs the "
-    "handler a second time beside the first, and the joined resends lose their answer. docs/protocol.md "
-    "section 6 promises a resend during the first run gets that run's reply. Fix: no expiry while "
-    "IN_PROGRESS (the age counts from complete, as it already does), skipped by _expire",
-)
 def test_a_call_still_running_after_the_age_limit_is_not_run_again_by_a_resend() -> None:
     clock = Clock()
     c = ReplyCache(clock=clock)

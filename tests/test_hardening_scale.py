@@ -122,14 +122,6 @@ def test_a_context_out_of_sockets_raises_an_os_error_that_says_what_to_do() -> N
     assert "ulimit -n" in text and "MAX_SOCKETS" in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="when the limit falls on a client's monitor sockets (10 or 11 here: the DEALER fits, its "
-    "monitor pair does not), engine/channel.py Channel.__init__ closes the DEALER and probes with "
-    "new_socket(ctx, PAIR) to raise the clear error; libzmq's reaper often frees the DEALER's slot "
-    "first, the probe succeeds and the raw zmq.ZMQError 'Too many open files' is re-raised (~75% of "
-    "attempts). Fix: raise the OSError from the caught ZMQError when its errno is EMFILE/ENFILE",
-)
 def test_the_os_error_comes_whichever_of_a_clients_sockets_is_refused() -> None:
     outs = out_of_sockets(*[10, 11] * 15)
     assert [o["error"][0] for o in outs] == ["OSError"] * 30, [o["error"] for o in outs]

@@ -303,15 +303,6 @@ def test_a_handler_blocked_forever_does_not_keep_the_process_alive(
     assert exited < grace + EXIT_BOUND
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an inline handler blocked forever holds the loop stop() needs: AsyncServer.stop waits "
-    "grace + 10 s for aclose to run on it, then raises TimeoutError out of serve_forever "
-    "(server/asynchronous.py stop, run_coroutine_threadsafe(...).result(grace + 10)), and at exit "
-    "Engine.stop joins the loop thread 10 s more (engine/loop.py): the process exits 1 with a traceback "
-    "~21 s after SIGTERM. Fix: bound stop()'s wait by grace plus a few seconds, log critically that "
-    "the loop is held, and return (the loop thread is a daemon; its callers get ConnectionLost)",
-)
 def test_an_inline_handler_blocked_forever_does_not_keep_the_process_alive(ctx: zmq.Context) -> None:
     grace = 1.0
     with spawn_hostile("async", "--grace", str(grace)) as h, raw(ctx, zmq.DEALER, h.endpoint) as d:

@@ -207,7 +207,7 @@ def make_service() -> tuple[zcall.Service, Holder]:
             out["replies"] = len(d.replies)
             out["reply_bytes"] = d.replies.nbytes
             out["reply_cache"] = dict(d.replies.counters)
-            out["reply_waiters"] = max((len(e[2] or ()) for e in d.replies._entries.values()), default=0)
+            out["reply_waiters"] = max((len(e[2] or ()) for e in d.replies._running.values()), default=0)
             out["in_flight"] = d.in_flight
             out["in_flight_bytes"] = d.in_flight_bytes
             if isinstance(srv, zcall.AsyncServer):
