@@ -134,7 +134,6 @@ def _bounded(face: str, endpoint: str, server_pid: int, items: int, every: float
             close()
         client.close()
     worst_server = max(s for s, _ in samples) - base[0]
-    print(f"RSS growth: server {worst_server / 2**20:.1f} MiB, client {(max(c for _, c in samples) - base[1]) / 2**20:.1f} MiB")
     worst_client = max(c for _, c in samples) - base[1]
     assert worst_server < slack, f"server RSS grew {worst_server / 2**20:.1f} MiB"
     assert worst_client < slack, f"client RSS grew {worst_client / 2**20:.1f} MiB"

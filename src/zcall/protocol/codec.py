@@ -160,6 +160,16 @@ class Codec:
         except (TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(f"cannot encode value with msgpack: {exc}") from None
 
+    def held_by(self, data: Any) -> int:
+        """What ``data``, decoded last on this thread by ``unpackb``, holds in memory: its size, or the
+        estimated cost of its maps and arrays when that is more (counted for bodies of ``COUNTED_ABOVE``
+        bytes and up). Servers charge calls in flight with it: a dense request holds ~60x its size."""
+        n = len(data)
+        if n < COUNTED_ABOVE:
+            return n
+        cost: int = getattr(self._local, "decoded_cost", 0)
+        return cost if cost > n else n
+
     def _new_packer(self) -> msgpack.Packer:
         return msgpack.Packer(default=self._default, datetime=True, autoreset=True)
 
@@ -189,7 +199,7 @@ class Codec:
             # A large body is decoded with its containers counted: an empty map or array costs one wire
             # byte and ~60 bytes once decoded, so a body of nothing else would decode to ~60x its size.
             hook = _ContainerBudget(self.max_decoded_bytes)
-            return msgpack.unpackb(
+            value = msgpack.unpackb(
                 data,
                 raw=False,
                 timestamp=3,
@@ -198,6 +208,8 @@ class Codec:
                 list_hook=hook,
                 object_hook=hook,
             )
+            self._local.decoded_cost = hook.limit - hook.left
+            return value
         except ProtocolError:
             raise
         except _OverBudget as exc:
