@@ -68,6 +68,7 @@ __all__ = [
     "event_tail",
     "notify_frame",
     "peek_id",
+    "peek_header_kind",
     "peek_kind",
     "peek_reply_id",
     "ping_frame",
@@ -832,6 +833,21 @@ def peek_reply_id(body: bytes) -> int | None:
         return None
     ok = type(version) is int and type(kind) is int and kind in _ANSWERS and type(rid) is int
     return rid if ok and 0 < rid <= MAX_ID else None
+
+
+def peek_header_kind(body: Any) -> int | None:
+    """The kind of a body that failed to decode, read from its first bytes only (bounded: never the
+    rest of a hostile body), or None; for a server deciding what an error answers."""
+    try:
+        u = msgpack.Unpacker(max_buffer_size=256, raw=True, strict_map_key=False)
+        u.feed(bytes(body[:64]))
+        if u.read_array_header() < 3:
+            return None
+        u.skip()
+        kind = u.unpack()
+    except Exception:
+        return None
+    return kind if type(kind) is int else None
 
 
 def peek_kind(body: bytes) -> Kind | None:

@@ -46,8 +46,8 @@ from ..protocol.wire import (
     error_for,
     error_frame,
     from_array,
+    peek_header_kind,
     peek_id,
-    peek_kind,
     pong_frame,
     reply_frame,
     request_fields,
@@ -349,7 +349,7 @@ class Dispatcher:
             self.counters["bad_messages"] += 1
             log.warning("bad message (%d bytes): %s", len(body), exc)
             err = error_frame(peek_id(exc) or 0, error_for(exc), self.codec)
-            return self._fault(exc, peek_kind(body), err)
+            return self._fault(exc, body, err)
         if type(msg) is Batch:
             return msg
         if type(msg) is Item:
@@ -367,15 +367,19 @@ class Dispatcher:
             self.counters["bad_messages"] += 1
             log.warning("bad message in a batch: %s", exc)
             err = error_frame(peek_id(exc) or 0, error_for(exc), self.codec)
-            kind = item[1] if type(item) is list and len(item) > 1 and type(item[1]) is int else None
-            return self._fault(exc, kind, err)
+            return self._fault(exc, item, err)
         return self._other_message(msg, 0, reply_to, routing_id, frame)
 
     @staticmethod
-    def _fault(exc: ProtocolError, kind: Any, err: bytes) -> bytes | StreamFault:
-        """A malformed ITEM/CREDIT/END with a readable id is a ``StreamFault``: its stream ends too."""
+    def _fault(exc: ProtocolError, body: Any, err: bytes) -> bytes | StreamFault:
+        """A malformed ITEM/CREDIT/END with a readable id is a ``StreamFault``: its stream ends too.
+        ``body`` is the raw body, or a BATCH's item (decoded): only its first bytes are ever read."""
         rid = peek_id(exc)
-        if rid and kind in STREAM_KINDS:
+        if not rid:
+            return err  # the id was not even read: nothing to tie it to (and no more of it is read)
+        batch_item = type(body) is list
+        kind = (body[1] if len(body) > 1 else None) if batch_item else peek_header_kind(body)
+        if kind in STREAM_KINDS:
             return StreamFault(rid, err)
         return err
 
