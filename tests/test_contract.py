@@ -20,8 +20,11 @@ from helpers.contract import (
     CANCELLABLE_FACES,
     FACES,
     SERVER_KINDS,
+    BackOrdered,
     Caller,
+    Declined,
     LoopThread,
+    OutOfStock,
     State,
     caller,
     make_service,
@@ -109,12 +112,77 @@ def test_results_of_every_handler_kind(c: Caller) -> None:
 
 def test_handler_exception_is_remote_error_with_type_message_traceback(c: Caller) -> None:
     with pytest.raises(zcall.RemoteError) as info:
-        c.call("boom", "kaput")
+        c.call("fail", "unregistered")
     err = info.value
-    assert type(err) is zcall.RemoteError
+    assert type(err) is zcall.RemoteError  # an unregistered class is never built
     assert err.code is zcall.StatusCode.HANDLER_ERROR
-    assert err.type == "ValueError" and err.message == "kaput"
-    assert err.traceback is not None and "ValueError: kaput" in err.traceback
+    assert err.type == "helpers.contract.Unregistered" and err.message == "nobody knows me"
+    assert err.traceback is not None and "Unregistered: nobody knows me" in err.traceback
+    assert err.data is None and err.remote is err
+    with pytest.raises(ValueError) as builtin:  # a builtin handlers raise comes back as itself
+        c.call("boom", "kaput")
+    assert isinstance(builtin.value, zcall.RemoteError) and builtin.value.args == ("kaput",)
+    assert builtin.value.remote.type == "ValueError" and "ValueError: kaput" in builtin.value.remote.traceback
+
+
+def test_registered_exceptions_come_back_as_themselves(c: Caller, servers: list[Any]) -> None:
+    for method in ("fail", "afail"):  # a plain handler (pool or loop) and a coroutine
+        with pytest.raises(OutOfStock) as info:
+            c.call(method, "stock")
+        err = info.value
+        assert (err.sku, err.available, err.code) == ("widget", 3, "E-STOCK")  # its own code wins
+        assert str(err) == "widget: only 3 left" and err.args == ("widget: only 3 left",)
+        assert isinstance(err, zcall.RemoteError)
+        r = err.remote  # the record, beside the attributes of the same name
+        assert type(r) is zcall.RemoteError and r.code is zcall.StatusCode.HANDLER_ERROR
+        assert (r.type, r.message, r.method) == ("contract.OutOfStock", "widget: only 3 left", method)
+        assert r.traceback is not None and "OutOfStock: widget: only 3 left" in r.traceback
+        assert r.data == {
+            "args": ["widget: only 3 left"],
+            "attrs": {"sku": "widget", "available": 3, "code": "E-STOCK"},
+        }
+    with pytest.raises(Declined) as declined:  # a dataclass exception: its fields
+        c.call("fail", "declined")
+    assert (declined.value.reason, declined.value.amount) == ("card expired", 120)
+    assert declined.value.remote.type == "helpers.contract.Declined"  # the default name: module.qualname
+    with pytest.raises(OutOfStock) as base:  # an unregistered subclass: its nearest registered base
+        c.call("fail", "backordered")
+    assert type(base.value) is not BackOrdered and base.value.remote.type == "helpers.contract.BackOrdered"
+    assert base.value.remote.data["bases"] == ["contract.OutOfStock"] and base.value.sku == "gadget"
+    with pytest.raises(OutOfStock) as nested:  # through a nested call on another server
+        c.call("relay_fail", "stock", servers[1].endpoint)
+    assert nested.value.sku == "widget" and "in nested call 'fail'" in nested.value.remote.message
+
+
+def test_the_builtins_handlers_raise_come_back_as_themselves(c: Caller) -> None:
+    with pytest.raises(KeyError) as key:
+        c.call("fail", "key")
+    assert key.value.args == ("sku-9",) and str(key.value) == "'sku-9'"
+    with pytest.raises(PermissionError) as perm:
+        c.call("fail", "permission")
+    assert (perm.value.errno, perm.value.strerror, perm.value.filename) == (
+        13,
+        "Permission denied",
+        "/srv/stock",
+    )
+    for kind, klass in [
+        ("timeout", TimeoutError),
+        ("not-implemented", NotImplementedError),
+        ("type", TypeError),
+        ("lookup", LookupError),
+    ]:
+        with pytest.raises(klass) as info:
+            c.call("fail", kind)
+        assert type(info.value).__mro__[1] is klass and isinstance(info.value, zcall.RemoteError), kind
+        assert not isinstance(info.value, zcall.CallTimeout)  # a TimeoutError the handler raised is not ours
+
+
+def test_an_exception_that_cannot_be_rebuilt_stays_a_remote_error(c: Caller) -> None:
+    with pytest.raises(zcall.RemoteError) as info:
+        c.call("fail", "fragile")
+    err = info.value
+    assert type(err) is zcall.RemoteError and err.type == "contract.Fragile"
+    assert err.data == {"args": ["handle with care"], "attrs": {"level": 2}}
 
 
 def test_unknown_and_private_methods_are_not_found_with_close_matches(c: Caller) -> None:
@@ -138,12 +206,12 @@ CODE_CLASSES = [
     (zcall.StatusCode.HANDLER_ERROR, zcall.RemoteError),
     (zcall.StatusCode.METHOD_NOT_FOUND, zcall.MethodNotFound),
     (zcall.StatusCode.INVALID_ARGUMENTS, zcall.InvalidArguments),
-    (zcall.StatusCode.PROTOCOL_ERROR, zcall.RemoteError),
-    (zcall.StatusCode.UNSUPPORTED_VERSION, zcall.RemoteError),
+    (zcall.StatusCode.PROTOCOL_ERROR, zcall.errors.RemoteProtocolError),
+    (zcall.StatusCode.UNSUPPORTED_VERSION, zcall.errors.RemoteProtocolError),
     (zcall.StatusCode.DEADLINE_EXCEEDED, zcall.DeadlineExceeded),
     (zcall.StatusCode.OVERLOADED, zcall.ServerBusy),
     (zcall.StatusCode.CANCELLED, zcall.RemoteError),
-    (zcall.StatusCode.MESSAGE_TOO_LARGE, zcall.RemoteError),
+    (zcall.StatusCode.MESSAGE_TOO_LARGE, zcall.errors.RemoteMessageTooLarge),
     (zcall.StatusCode.UNAVAILABLE, zcall.ServerBusy),
     (zcall.StatusCode.INTERNAL, zcall.RemoteError),
     (zcall.StatusCode.PERMISSION_DENIED, zcall.PermissionDenied),
@@ -162,6 +230,55 @@ def test_every_status_code_arrives_as_its_class(c: Caller) -> None:
     # DeadlineExceeded is a timeout too: the call ran out of time, whoever noticed
     with pytest.raises(zcall.CallTimeout):
         c.call("refuse", int(zcall.StatusCode.DEADLINE_EXCEEDED))
+    # and a refusal of the request itself is a protocol error too, so the local classes catch it
+    for code, klass in [
+        (zcall.StatusCode.PROTOCOL_ERROR, zcall.ProtocolError),
+        (zcall.StatusCode.UNSUPPORTED_VERSION, zcall.ProtocolError),
+        (zcall.StatusCode.MESSAGE_TOO_LARGE, zcall.MessageTooLarge),
+    ]:
+        with pytest.raises(klass):
+            c.call("refuse", int(code))
+
+
+# -- what the server would refuse, refused by the client -------------------------------------------
+
+
+def test_a_message_too_large_is_refused_by_the_server_then_by_the_client(
+    face: str, kind: str, service: zcall.Service, loop: LoopThread, bind_endpoint: str
+) -> None:
+    limit = 64 * 1024
+    server = start_server(kind, service, bind_endpoint, codec=zcall.Codec(max_message_size=limit))
+    try:
+        with caller(face, server.endpoint, loop, timeout=5.0, retries=0) as c:
+            big = b"x" * (limit + 1000)
+            # the first call: this client does not know the server's limit yet, the server refuses it
+            with pytest.raises(zcall.MessageTooLarge) as first:
+                c.call("echo", big)
+            assert isinstance(first.value, zcall.RemoteError)  # the server said so (id 0, matched by size)
+            assert first.value.code is zcall.StatusCode.MESSAGE_TOO_LARGE
+            assert first.value.limit == limit and first.value.size > limit
+            # from then on the client knows it (the handshake, or that answer) and sends nothing
+            with pytest.raises(zcall.MessageTooLarge) as second:
+                c.call("echo", big)
+            assert not isinstance(second.value, zcall.RemoteError)
+            assert (second.value.limit, second.value.size) == (limit, first.value.size)
+            assert "not sent" in str(second.value) and str(limit) in str(second.value)
+            assert c.call("echo", b"x" * 1000) == b"x" * 1000  # a call under the limit goes
+    finally:
+        server.stop(0.5)
+
+
+def test_a_map_key_that_is_not_a_str_is_a_clear_local_error(c: Caller) -> None:
+    for args, kwargs, where in [
+        (({1: "a"},), {}, "args[0]"),
+        ((), {"counts": {"ok": [{7: 1}]}}, "kwargs['counts']['ok'][0]"),
+    ]:
+        with pytest.raises(zcall.SerializationError) as info:
+            c.call("echo", *args, **kwargs)
+        text = str(info.value)
+        assert f"a map key at {where} is of type int" in text, text
+        assert "str(k)" in text and "strict_map_key=False" in text  # the two ways out
+    assert c.call("echo", {"1": "a"}) == {"1": "a"}
 
 
 # -- timeout is the whole call's budget ------------------------------------------------------------

@@ -317,6 +317,7 @@ class AsyncClient(ClientCore, ChannelEvents):
             raise ClientClosed("AsyncClient is closed")
         deadline_ms = max(1, int(opts.timeout * 1000))  # 0 would mean "already expired"
         frame = notify_frame(self._ids.next(), method, args, kwargs, deadline_ms, opts.headers, self._codec)
+        self._check_size(f"notify {method!r}", frame)
         item = _OneWay(frame, _monotonic() + opts.timeout)
         self._run_soon(lambda: self._send_or_wait(item))
 
@@ -659,6 +660,7 @@ class AsyncClient(ClientCore, ChannelEvents):
         if type(body) is not bytes:  # the reader hands Frames until the connection said what it speaks
             if ch.batch_ok is None:
                 ch.learn(body)
+                self._learned_limit(ch.endpoint, ch.server_limit)
             body = body.bytes
         lv = ch.liveness
         lv.last_heard = _monotonic()  # Liveness.heard, inlined: this runs for every message
@@ -720,7 +722,10 @@ class AsyncClient(ClientCore, ChannelEvents):
         if kind is Reply or kind is ErrorReply:
             call = self._table.pop(msg.id)
             if call is None:
-                self.counters["stale_replies"] += 1
+                if kind is ErrorReply and msg.id == 0:
+                    self._unaddressed(ch, msg.error)
+                else:
+                    self.counters["stale_replies"] += 1
                 return
             if kind is Reply:
                 self._slots.release()
@@ -738,6 +743,20 @@ class AsyncClient(ClientCore, ChannelEvents):
             self._on_event(ch, msg)
         elif kind is Pong:
             ch.liveness.pong()
+
+    def _unaddressed(self, ch: Channel, record: Any) -> None:
+        """An ERROR with id 0: the server could not read a request's id. Fail the pending calls it is
+        about (``ClientCore._culprits``); one that matches none is only counted and logged."""
+        calls = [c for c in self._table.pending.values() if c.channel is ch]
+        culprits = self._culprits(record, calls, ch.endpoint)
+        if not culprits:
+            self.counters["stale_replies"] += 1
+            log.warning("an error with id 0 from %s matches no pending call: %s", ch.endpoint, record.message)
+            return
+        for call, exc in culprits:
+            if self._table.pop(call.id) is not None:
+                self._slots.release()
+                self._settle_err(call, exc)
 
     def _on_event(self, ch: Channel, ev: Event) -> None:
         self.counters["events"] += 1

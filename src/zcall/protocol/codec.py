@@ -17,7 +17,15 @@ import msgpack
 
 from ..errors import MessageTooLarge, ProtocolError, SerializationError
 
-__all__ = ["DEFAULT_MAX_DECODED_BYTES", "DEFAULT_MAX_MESSAGE_SIZE", "Codec", "default_codec", "register_type"]
+__all__ = [
+    "DEFAULT_MAX_DECODED_BYTES",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "Codec",
+    "default_codec",
+    "find_bad_key",
+    "map_key_refusal",
+    "register_type",
+]
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 """Largest frame zcall accepts by default (16 MiB); larger ones are refused before decoding."""
@@ -178,7 +186,9 @@ class Codec:
         """Decode one msgpack value; raises ``ProtocolError`` (never anything else) on bad input."""
         if len(data) > self.max_message_size:
             raise MessageTooLarge(
-                f"message of {len(data)} bytes exceeds the limit of {self.max_message_size} bytes"
+                f"message of {len(data)} bytes exceeds the limit of {self.max_message_size} bytes",
+                size=len(data),
+                limit=self.max_message_size,
             )
         n = len(data)
         try:
@@ -206,8 +216,42 @@ class Codec:
             raise ProtocolError("trailing bytes after the msgpack value") from None
         except msgpack.StackError:
             raise ProtocolError("msgpack value nested too deeply") from None
-        except Exception as exc:  # FormatError, ValueError, UnicodeDecodeError, TypeError ...
+        except ValueError as exc:
+            if "not allowed for map key" in str(exc):  # msgpack's strict_map_key refusal: say the fix
+                raise ProtocolError(map_key_refusal(str(exc).split(" ", 1)[0])) from None
             raise ProtocolError(f"invalid msgpack: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # FormatError, UnicodeDecodeError, TypeError ...
+            raise ProtocolError(f"invalid msgpack: {type(exc).__name__}: {exc}") from None
+
+
+def find_bad_key(roots: dict[str, Any], limit: int = 100_000) -> tuple[str, Any] | None:
+    """``(path, key)`` of the first map key in ``roots``' values that is neither str nor bytes (what a
+    strict decoder refuses), e.g. ``("args[0]['counts']", 1)``; None if there is none among the first
+    ``limit`` values. For error messages only: it walks the values in Python."""
+    stack: list[tuple[str, Any]] = [(name, value) for name, value in reversed(list(roots.items()))]
+    seen = 0
+    while stack and seen < limit:
+        path, value = stack.pop()
+        seen += 1
+        t = type(value)
+        if t is dict or isinstance(value, dict):
+            for k in value:
+                if type(k) is not str and type(k) is not bytes:
+                    return path, k
+            stack.extend((f"{path}[{k!r}]", v) for k, v in reversed(list(value.items())))
+        elif t is list or t is tuple or isinstance(value, list | tuple):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return None
+
+
+def map_key_refusal(key_type: str, where: str = "") -> str:
+    """What a map key that is neither str nor bin is told: the rule, and the two ways out."""
+    at = f" at {where}" if where else ""
+    return (
+        f"a map key{at} is of type {key_type}: zcall's maps take str (or bin) keys (docs/protocol.md §8): "
+        "convert the keys (e.g. {str(k): v for k, v in d.items()}), or use Codec(strict_map_key=False) on "
+        "both sides"
+    )
 
 
 default_codec = Codec()

@@ -41,7 +41,7 @@ from ..engine.sockets import (
     new_socket,
 )
 from ..protocol.codec import Codec, default_codec
-from ..protocol.wire import ACK, DELIMITER, MAX_REQUEST_FRAMES, Batch, split_routed
+from ..protocol.wire import ACK, DELIMITER, MAX_REQUEST_FRAMES, Batch, handshake_properties, split_routed
 from ..service.context import CallContext
 from ..service.dispatch import Dispatcher
 from ..service.invoke import run_to_completion
@@ -237,6 +237,8 @@ class SyncServer(Lifecycle):
                 sock.setsockopt(zmq.LINGER, 1000)
                 sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a vanished client fails, counted
                 apply_size_limit(sock, self._dispatch.codec.max_message_size)
+                for prop in handshake_properties(self._dispatch.codec.max_message_size, batch=False):
+                    sock.setsockopt(zmq.METADATA, prop)  # its size limit, so clients refuse what it would
                 if self._security is not None:
                     release_security = self._security.apply(sock)
                 self._endpoint = bind(sock, self._requested)

@@ -22,7 +22,8 @@ import logging
 import time
 from typing import Any, Final
 
-from ..errors import ProtocolError, Rejected, SerializationError
+from ..error_registry import describe as describe_error
+from ..errors import ProtocolError, Rejected, RemoteError, SerializationError
 from ..protocol.codec import Codec
 from ..protocol.status import StatusCode
 from ..protocol.topics import SUBSCRIBE_METHOD
@@ -443,7 +444,12 @@ class Dispatcher:
             return ErrorRecord.refusal(StatusCode.CANCELLED, "call cancelled")
         level = logging.INFO if isinstance(error, Exception) else logging.WARNING
         log.log(level, "handler %r raised %s: %s", call.method, type(error).__name__, error)
-        return ErrorRecord.from_exception(error, with_traceback=self.send_tracebacks)
+        record = ErrorRecord.from_exception(error, with_traceback=self.send_tracebacks)
+        if not isinstance(error, RemoteError):  # a registered class travels as itself (error_registry)
+            described = describe_error(error, self.codec)
+            if described is not None:
+                record.type, record.data = described
+        return record
 
     def unavailable(
         self, call: CallContext, why: str = "server stopped before the call finished"
