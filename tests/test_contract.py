@@ -7,8 +7,11 @@ a Peer's blocking calls (REQ) and awaited calls (DEALER). Server kinds: SyncServ
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,11 +24,16 @@ from helpers.contract import (
     FACES,
     SERVER_KINDS,
     BackOrdered,
+    Basket,
     Caller,
+    Colour,
     Declined,
+    Item,
+    Level,
     LoopThread,
     OutOfStock,
     State,
+    Unknown,
     caller,
     make_service,
     start_server,
@@ -238,6 +246,83 @@ def test_every_status_code_arrives_as_its_class(c: Caller) -> None:
     ]:
         with pytest.raises(klass):
             c.call("refuse", int(code))
+
+
+# -- types ---------------------------------------------------------------------------------------------
+
+BASKET = Basket(
+    uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    [Item("widget", 2, Colour.BLUE, Level.HIGH, (3, 4)), Item("gadget", 1)],
+    decimal.Decimal("19.90"),
+    frozenset({"gift"}),
+    dt.date(2024, 2, 29),
+)
+
+
+def test_the_built_in_types_round_trip(c: Caller) -> None:
+    values = [
+        decimal.Decimal("12.50"),
+        decimal.Decimal("-1E+3"),
+        uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        dt.date(2024, 2, 29),
+        dt.time(23, 59, 58, 999999),
+        dt.time(8, 30, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
+        dt.timedelta(days=-1, seconds=5, microseconds=7),
+        dt.datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=dt.UTC),
+        {1, "two", (3, 4)},
+        frozenset({"a", "b"}),
+        Colour.BLUE,
+        BASKET,
+    ]
+    for value in values:
+        back = c.call("echo", value)
+        assert back == value and type(back) is type(value), (value, back)
+    back = c.call("echo", BASKET)
+    assert back.items[0].size == (3, 4) and back.items[0].level is Level.HIGH  # by the annotations
+    assert type(back.tags) is frozenset and back.items[0].colour is Colour.BLUE
+    # what has no type in msgpack, and no class on the receiver, arrives as plain data
+    assert c.call("echo", (1, 2)) == [1, 2]  # a tuple is an array (docs/protocol.md §8)
+    assert c.call("echo", Level.HIGH) == 2 and c.call("echo", Unknown(7)) == {"a": 7}
+
+
+def test_validated_arguments_convert_or_name_the_parameter(c: Caller) -> None:
+    plain = {  # what a client in another language sends: maps, arrays, strings
+        "id": "12345678-1234-5678-1234-567812345678",
+        "items": [{"sku": "widget", "qty": 2, "colour": "blue", "size": [3, 4]}],
+        "total": "19.90",
+        "tags": ["gift"],
+    }
+    got = c.call("checkout", plain, coupons=["X1", "Y2"], n=3)
+    assert got["kinds"] == ["Basket", "Item"] and got["coupons"] == ["X1", "Y2"]
+    assert got["coupons_type"] == "tuple" and got["extra"] == {"n": 3}
+    assert got["basket"].items[0] == Item("widget", 2, Colour.BLUE, Level.LOW, (3, 4))
+    assert got["basket"].total == decimal.Decimal("19.90") and got["basket"].tags == frozenset({"gift"})
+    assert c.call("checkout", BASKET)["basket"] == BASKET  # a Basket is a Basket
+    for bad, args, kwargs in [
+        (
+            {"parameter": "basket", "path": "basket.items[0].qty", "expected": "int", "got": "str"},
+            [{**plain, "items": [{"sku": "w", "qty": "2"}]}],
+            {},
+        ),
+        ({"parameter": "basket", "path": "basket", "expected": "Basket", "got": "str"}, ["basket"], {}),
+        (
+            {"parameter": "coupons", "path": "coupons[1]", "expected": "str", "got": "int"},
+            [plain],
+            {"coupons": ["ok", 7]},
+        ),
+        (
+            {"parameter": "extra", "path": "extra['n']", "expected": "int", "got": "float"},
+            [plain],
+            {"n": 1.5},
+        ),
+    ]:
+        with pytest.raises(zcall.InvalidArguments) as info:
+            c.call("checkout", *args, **kwargs)
+        assert info.value.data == bad
+        assert f"bad argument {bad['parameter']!r} for checkout(" in info.value.message
+    with pytest.raises(zcall.InvalidArguments) as missing:
+        c.call("checkout", {"id": plain["id"], "items": []})
+    assert "missing field 'total'" in missing.value.message
 
 
 # -- what the server would refuse, refused by the client -------------------------------------------

@@ -10,8 +10,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import datetime as dt
+import decimal
+import enum
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -92,6 +96,47 @@ def raise_error(kind: str) -> None:
     if kind == "lookup":
         raise LookupError("no such aisle")
     raise ValueError(kind)
+
+
+# -- types that cross the wire as themselves ------------------------------------------------------------
+
+
+@zcall.register_type
+class Colour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+@zcall.register_type(name="contract.Item")
+@dataclasses.dataclass(frozen=True)
+class Item:
+    sku: str
+    qty: int
+    colour: Colour = Colour.RED
+    level: Level = Level.LOW  # an IntEnum travels as its int: the annotation makes it a member again
+    size: tuple[int, int] = (1, 1)  # a tuple travels as an array: the annotation makes it a tuple again
+
+
+@zcall.register_type
+@dataclasses.dataclass
+class Basket:
+    id: uuid.UUID
+    items: list[Item]
+    total: decimal.Decimal
+    tags: frozenset[str] = frozenset()
+    placed: dt.date | None = None
+
+
+@dataclasses.dataclass
+class Unknown:
+    """Never registered: it travels (by name), and arrives as its fields."""
+
+    a: int
 
 
 # -- the service every server kind serves --------------------------------------------------------------
@@ -183,6 +228,17 @@ def make_service(state: State) -> zcall.Service:
     @svc.method
     def fail(kind: str) -> None:
         raise_error(kind)
+
+    @svc.method(validate=True)
+    def checkout(basket: Basket, *, coupons: tuple[str, ...] = (), **extra: int) -> dict[str, Any]:
+        """Checked against its annotations: maps become the dataclasses they name, arrays tuples."""
+        return {
+            "basket": basket,
+            "kinds": [type(basket).__name__, type(basket.items[0]).__name__ if basket.items else None],
+            "coupons": coupons,
+            "coupons_type": type(coupons).__name__,
+            "extra": extra,
+        }
 
     @svc.method
     async def afail(kind: str) -> None:

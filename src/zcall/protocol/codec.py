@@ -1,21 +1,44 @@
 """msgpack, configured once for untrusted input: size and length limits, an ext-type registry, no pickle.
 
 A ``Codec`` turns Python values into msgpack bytes and back. Datetimes travel as msgpack's standard
-Timestamp ext type (-1); users add their own types with ``register``. Decoding never executes code and
-never allocates more than the frame's own size can justify (msgpack's length limits default to the
-frame length, so a "huge declared length" fails fast).
+Timestamp ext type (-1); ``Decimal``, ``UUID``, ``date``, ``time``, ``timedelta``, enums, dataclasses,
+``set`` and ``frozenset`` as zcall's built-in ext types 96 ... 104 (``protocol/types.py``); users add
+their own with ``register`` (codes 0 ... 95, or an enum or dataclass by name). Decoding never executes
+code beyond the registered decoders and the ``__init__`` of registered dataclasses, and never allocates
+more than the frame's own size can justify (msgpack's length limits default to the frame length, so a
+"huge declared length" fails fast; ext values nested in ext values count towards the same budget, at
+most ``MAX_EXT_NESTING`` deep).
+
+A plain value (what msgpack has a type for) never reaches this module's Python code: msgpack packs and
+unpacks it in C, and only the values it cannot handle come to ``_encode_other`` and ``_ext_hook``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
+import enum
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import msgpack
 
 from ..errors import MessageTooLarge, ProtocolError, SerializationError
+from . import types as _types
+from .types import FIRST_BUILTIN, NamedTypes
+
+T = TypeVar("T", bound=type)
+
+MAX_EXT_NESTING = 32
+"""How deep ext values whose data is msgpack (sets, dataclasses, enums, timedeltas) may nest in one
+another: each level is a decode of its own, so this bounds the recursion the depth limit cannot see."""
+
+_CONTAINERS: dict[type, int] = {
+    _dt.timedelta: _types.TIMEDELTA,
+    set: _types.SET,
+    frozenset: _types.FROZENSET,
+}
 
 __all__ = [
     "DEFAULT_MAX_DECODED_BYTES",
@@ -72,6 +95,7 @@ class Codec:
         "strict_map_key",
         "_by_type",
         "_by_code",
+        "_named",
         "_default",
         "_local",
     )
@@ -87,8 +111,9 @@ class Codec:
         self.max_decoded_bytes = max_decoded_bytes
         """What the maps and arrays of one message may cost once decoded (``COUNTED_ABOVE``)."""
         self.strict_map_key = strict_map_key
-        self._by_type: dict[type, tuple[int, Callable[[Any], bytes]]] = {}
-        self._by_code: dict[int, Callable[[bytes], Any]] = {}
+        self._by_type: dict[type, tuple[int, Callable[[Any], bytes]]] = _types.builtin_encoders()
+        self._by_code: dict[int, Callable[[bytes], Any]] = _types.builtin_decoders()
+        self._named = NamedTypes()
         self._default = self._encode_other
         # One msgpack.Packer per thread, reused: msgpack.packb() builds a new Packer every call, which
         # costs more than the packing of a typical call frame. A Packer is not re-entrant, so a user
@@ -98,13 +123,36 @@ class Codec:
     def register(
         self,
         cls: type,
-        code: int,
-        encode: Callable[[Any], bytes],
-        decode: Callable[[bytes], Any],
+        code: int | None = None,
+        encode: Callable[[Any], bytes] | None = None,
+        decode: Callable[[bytes], Any] | None = None,
+        *,
+        name: str | None = None,
     ) -> None:
-        """Carry instances of ``cls`` as msgpack ext type ``code`` (0..127), through your own bytes."""
+        """Carry instances of ``cls`` faithfully, both ways.
+
+        An ``Enum`` or a dataclass needs only itself (``register(Order)``): it travels by name as zcall's
+        built-in ext type, and this codec rebuilds it; ``name`` is its wire name (default
+        ``module.qualname``, the same on both sides). Any other type gets an application ext ``code``
+        (0 ... 95; 96 ... 127 are zcall's) and ``encode``/``decode`` functions to and from bytes."""
+        if code is None:
+            if encode is not None or decode is not None:
+                raise TypeError(
+                    "encode and decode go with an ext type code: register(cls, code, encode, decode)"
+                )
+            self._named.register(cls, name)
+            return
+        if name is not None:
+            raise TypeError("name= is for an Enum or a dataclass registered without a code")
         if type(code) is not int or not 0 <= code <= 127:
             raise ValueError(f"ext type code must be in 0..127 (negative codes are msgpack's), got {code!r}")
+        if code >= FIRST_BUILTIN:
+            raise ValueError(
+                f"ext type codes {FIRST_BUILTIN}..127 are zcall's built-in types (docs/protocol.md §8): "
+                f"use 0..{FIRST_BUILTIN - 1} for your own, got {code}"
+            )
+        if encode is None or decode is None:
+            raise TypeError(f"register({cls.__qualname__}, {code}, ...) needs both encode and decode")
         owner = self._by_code.get(code)
         if owner is not None and self._by_type.get(cls, (None,))[0] != code:
             raise ValueError(f"ext type code {code} is already registered")
@@ -120,17 +168,37 @@ class Codec:
         )
         c._by_type = dict(self._by_type)
         c._by_code = dict(self._by_code)
+        c._named = self._named.copy()
         return c
 
     # -- encoding ---------------------------------------------------------------------------------
 
     def _encode_other(self, obj: Any) -> Any:
-        entry = self._by_type.get(type(obj))
+        """msgpack's ``default``: the ext value for anything msgpack has no type for (registered types
+        first, by exact type, then zcall's built-ins, then registered base classes), or
+        ``SerializationError`` saying what to do."""
+        t = type(obj)
+        entry = self._by_type.get(t)
         if entry is None:
+            code = _CONTAINERS.get(t)
+            if code is not None:
+                return msgpack.ExtType(code, self._nested_pack(code, obj))
+            if isinstance(obj, _dt.datetime):  # only naive ones reach here: aware ones are packed natively
+                raise SerializationError(
+                    f"cannot send naive datetime {obj!r}: attach a tzinfo (e.g. datetime.timezone.utc)"
+                )
             for klass, candidate in self._by_type.items():
                 if isinstance(obj, klass):
                     entry = candidate
                     break
+        if entry is None:
+            if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+                return msgpack.ExtType(_types.RECORD, self._nested_pack(_types.RECORD, obj))
+            if isinstance(obj, enum.Enum):
+                return msgpack.ExtType(_types.ENUM, self._nested_pack(_types.ENUM, obj))
+            for klass, code in _CONTAINERS.items():
+                if isinstance(obj, klass):
+                    return msgpack.ExtType(code, self._nested_pack(code, obj))
         if entry is not None:
             code, encode = entry
             local = self._local
@@ -140,18 +208,26 @@ class Codec:
                 return msgpack.ExtType(code, encode(obj))
             finally:
                 local.packer = packer
-        if isinstance(obj, _dt.datetime):  # only naive ones reach here: aware ones are packed natively
-            raise SerializationError(
-                f"cannot send naive datetime {obj!r}: attach a tzinfo (e.g. datetime.timezone.utc)"
-            )
-        if isinstance(obj, (set, frozenset)):
-            return list(obj)
         if isinstance(obj, int):  # msgpack hands over the ints it cannot pack
             raise SerializationError(f"integer {obj} is outside msgpack's range -2**63 .. 2**64-1")
         raise SerializationError(
             f"cannot send a {type(obj).__module__}.{type(obj).__qualname__} with msgpack: "
-            "convert it to plain data or register it with zcall.register_type()"
+            "convert it to plain data, or give it an ext code with zcall.register_type(cls, code, encode, "
+            "decode) on both sides"
         )
+
+    def _nested_pack(self, code: int, obj: Any) -> bytes:
+        """The data of a built-in ext whose data is msgpack: packed by a Packer of its own (the thread's
+        one is busy with the value around it)."""
+        if code == _types.TIMEDELTA:
+            payload: Any = _types.timedelta_payload(obj)
+        elif code == _types.RECORD:
+            payload = [self._named.name_of(type(obj)), self._named.fields_of(obj)]
+        elif code == _types.ENUM:
+            payload = [self._named.name_of(type(obj)), obj.value]
+        else:
+            payload = list(obj)
+        return msgpack.packb(payload, default=self._default, datetime=True)  # type: ignore[no-any-return]
 
     def packb(self, obj: Any) -> bytes:
         """Encode ``obj``; raises ``SerializationError`` naming the type that could not be sent."""
@@ -176,11 +252,48 @@ class Codec:
     def _ext_hook(self, code: int, data: bytes) -> Any:
         decode = self._by_code.get(code)
         if decode is None:
+            if _types.TIMEDELTA <= code <= _types.FROZENSET:
+                return self._nested_unpack(code, data)
             return msgpack.ExtType(code, data)
         try:
             return decode(data)
         except Exception as exc:
             raise ProtocolError(f"ext type {code} failed to decode: {exc!r}") from None
+
+    def _nested_unpack(self, code: int, data: bytes) -> Any:
+        """A built-in ext whose data is msgpack: decoded with this codec's rules, under the budget of the
+        message around it, at most ``MAX_EXT_NESTING`` deep; a malformed one is a ``ProtocolError``."""
+        local = self._local
+        depth = getattr(local, "ext_depth", 0)
+        if depth >= MAX_EXT_NESTING:
+            raise ProtocolError(f"ext values nested in ext values more than {MAX_EXT_NESTING} deep")
+        budget = getattr(local, "budget", None)
+        hooks: dict[str, Any] = {} if budget is None else {"list_hook": budget, "object_hook": budget}
+        local.ext_depth = depth + 1
+        try:
+            value = msgpack.unpackb(
+                data,
+                raw=False,
+                timestamp=3,
+                strict_map_key=self.strict_map_key,
+                ext_hook=self._ext_hook,
+                **hooks,
+            )
+            if code == _types.SET:
+                return set(map(_types.hashable, _array(value)))
+            if code == _types.FROZENSET:
+                return frozenset(map(_types.hashable, _array(value)))
+            if code == _types.TIMEDELTA:
+                return _types.timedelta_from(value)
+            if code == _types.RECORD:
+                return self._named.record_from(value)
+            return self._named.enum_from(value)
+        except (ProtocolError, _OverBudget):
+            raise
+        except Exception as exc:
+            raise ProtocolError(f"ext type {code} failed to decode: {exc!r}") from None
+        finally:
+            local.ext_depth = depth
 
     def unpackb(self, data: bytes) -> Any:
         """Decode one msgpack value; raises ``ProtocolError`` (never anything else) on bad input."""
@@ -198,16 +311,23 @@ class Codec:
                 )
             # A large body is decoded with its containers counted: an empty map or array costs one wire
             # byte and ~60 bytes once decoded, so a body of nothing else would decode to ~60x its size.
+            # Ext values decoded inside it (a set, a dataclass) count towards the same budget.
             hook = _ContainerBudget(self.max_decoded_bytes)
-            return msgpack.unpackb(
-                data,
-                raw=False,
-                timestamp=3,
-                strict_map_key=self.strict_map_key,
-                ext_hook=self._ext_hook,
-                list_hook=hook,
-                object_hook=hook,
-            )
+            local = self._local
+            outer = getattr(local, "budget", None)
+            local.budget = hook
+            try:
+                return msgpack.unpackb(
+                    data,
+                    raw=False,
+                    timestamp=3,
+                    strict_map_key=self.strict_map_key,
+                    ext_hook=self._ext_hook,
+                    list_hook=hook,
+                    object_hook=hook,
+                )
+            finally:
+                local.budget = outer
         except ProtocolError:
             raise
         except _OverBudget as exc:
@@ -254,12 +374,45 @@ def map_key_refusal(key_type: str, where: str = "") -> str:
     )
 
 
+def _array(value: Any) -> list[Any]:
+    if type(value) is not list:
+        raise ValueError(f"the items of a set are an array, got {type(value).__name__}")
+    return value
+
+
 default_codec = Codec()
 """The codec every zcall socket uses unless given another."""
 
 
+@overload
 def register_type(
-    cls: type, code: int, encode: Callable[[Any], bytes], decode: Callable[[bytes], Any]
-) -> None:
-    """Register ``cls`` as ext type ``code`` on the default codec (do it on both sides)."""
-    default_codec.register(cls, code, encode, decode)
+    cls: T,
+    code: int | None = None,
+    encode: Callable[[Any], bytes] | None = None,
+    decode: Callable[[bytes], Any] | None = None,
+    *,
+    name: str | None = None,
+) -> T: ...
+@overload
+def register_type(*, name: str | None = None) -> Callable[[T], T]: ...
+
+
+def register_type(
+    cls: T | None = None,
+    code: int | None = None,
+    encode: Callable[[Any], bytes] | None = None,
+    decode: Callable[[bytes], Any] | None = None,
+    *,
+    name: str | None = None,
+) -> T | Callable[[T], T]:
+    """Carry ``cls`` faithfully through the default codec; do it on both sides. Returns ``cls``.
+
+    ``zcall.register_type(Order)`` for an ``Enum`` or a dataclass (also as a decorator, bare or as
+    ``@zcall.register_type(name="shop.Order")``): it is rebuilt by name on arrival (without it, the
+    receiver gets its value or its fields as a map). Any other class takes an application ext ``code``
+    (0 ... 95) and ``encode(obj) -> bytes`` / ``decode(bytes) -> obj``. ``Decimal``, ``UUID``, dates,
+    times, timedeltas, sets and frozensets need nothing: they are built in."""
+    if cls is None:
+        return lambda c: register_type(c, name=name)
+    default_codec.register(cls, code, encode, decode, name=name)
+    return cls
