@@ -40,7 +40,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from .errors import RemoteError, SerializationError, ZcallError
+from .errors import RemoteError, ZcallError
+from .protocol.codec import encoded_size
 
 if TYPE_CHECKING:
     from .protocol.codec import Codec
@@ -162,7 +163,7 @@ class ErrorRegistry:
             data["bases"] = bases
         budget = max(4096, codec.max_message_size // 16)  # an error must always fit in its reply
         for key in ("attrs", "args"):
-            if key in data and len(codec.packb(data)) > budget:
+            if key in data and (encoded_size(codec, data) or 0) > budget:
                 log.warning("%s: its %s are over %d bytes: left out", type(exc).__qualname__, key, budget)
                 del data[key]
         return (own if own is not None else _qualified(type(exc))), data
@@ -250,11 +251,7 @@ def _describe(cls: type) -> str:
 
 
 def _travels(value: Any, codec: Codec) -> bool:
-    try:
-        codec.packb(value)
-    except SerializationError:
-        return False
-    return True
+    return encoded_size(codec, value) is not None
 
 
 def _attributes(exc: BaseException, codec: Codec) -> dict[str, Any]:

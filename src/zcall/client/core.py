@@ -42,7 +42,7 @@ from ..errors import CallTimeout, MessageTooLarge, ProtocolError, RemoteError, S
 from ..protocol.codec import Codec, default_codec, find_bad_key, map_key_refusal
 from ..protocol.ids import IdSource
 from ..protocol.status import StatusCode
-from ..protocol.wire import call_frame
+from ..protocol.wire import call_frame, check_readable
 from ..service.context import _current
 from ..service.metrics import Metrics, Outcome, outcome_for_exception
 from .failover import Failover
@@ -365,7 +365,7 @@ class ClientCore:
         """Why a server could not read ``call``'s body, when this client's own decoder cannot either: a
         ``SerializationError`` naming what and how to fix it (None when the body reads fine here)."""
         try:
-            self._codec.unpackb(call.frame)
+            check_readable(call.frame, self._codec)
         except MessageTooLarge:
             return None  # that is MESSAGE_TOO_LARGE's business, not this
         except ProtocolError as exc:

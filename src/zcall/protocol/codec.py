@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "Codec",
     "default_codec",
+    "encoded_size",
     "find_bad_key",
     "map_key_refusal",
     "register_type",
@@ -342,6 +343,15 @@ class Codec:
             raise ProtocolError(f"invalid msgpack: {type(exc).__name__}: {exc}") from None
         except Exception as exc:  # FormatError, UnicodeDecodeError, TypeError ...
             raise ProtocolError(f"invalid msgpack: {type(exc).__name__}: {exc}") from None
+
+
+def encoded_size(codec: Codec, value: Any) -> int | None:
+    """How many bytes ``value`` takes encoded with ``codec``, or None when it cannot be encoded (what an
+    error's data may hold is decided with it)."""
+    try:
+        return len(codec.packb(value))
+    except SerializationError:
+        return None
 
 
 def find_bad_key(roots: dict[str, Any], limit: int = 100_000) -> tuple[str, Any] | None:
