@@ -63,12 +63,12 @@ from ..protocol.wire import (
     ping_frame,
     reply_fields,
     reply_fields_of,
-    subscribe_frame,
 )
 from .core import DEFAULT_TIMEOUT, CallOptions, ClientCore, OutgoingCall
 from .futures import CallFuture
 from .interceptors import ClientInterceptor
 from .proxy import AsyncProxy, FutureProxy
+from .subscriptions import Subscriber
 
 if TYPE_CHECKING:
     from ..security import ClientSecurity
@@ -95,8 +95,9 @@ class _OneWay:
         self.deadline = deadline
 
 
-class AsyncClient(ClientCore, ChannelEvents):
-    """Asynchronous calls to one endpoint or several; asyncio and callback faces over one core."""
+class AsyncClient(Subscriber, ClientCore, ChannelEvents):
+    """Asynchronous calls to one endpoint or several; asyncio and callback faces over one core; pushed
+    events through ``on()`` (``client/subscriptions.py``: acknowledged subscriptions)."""
 
     def __init__(
         self,
@@ -140,6 +141,7 @@ class AsyncClient(ClientCore, ChannelEvents):
         self._single: Channel | None = None  # the channel, when there is exactly one (the hot path)
         self._closed = False
         self.counters.update(notifies_dropped=0, events=0, events_missed=0, callback_errors=0, resent=0)
+        self._setup_subscriptions()
         try:
             self._loop = asyncio.get_running_loop()
             self._uses_engine = False
@@ -321,26 +323,6 @@ class AsyncClient(ClientCore, ChannelEvents):
         item = _OneWay(frame, _monotonic() + opts.timeout)
         self._run_soon(lambda: self._send_or_wait(item))
 
-    def on(self, topic: str, handler: Callable[[str, Any], Any]) -> None:
-        """Call ``handler(topic, payload)`` for each pushed event on ``topic`` (``"orders.*"``: a prefix).
-
-        Delivery is at most once: events published while this client is not connected, or dropped at a
-        full queue, are gone (``statistics()["events_missed"]`` counts the gaps it sees).
-        """
-        self._handlers.setdefault(topic, []).append(handler)
-        self._run_soon(self._resubscribe)
-
-    def off(self, topic: str, handler: Callable[[str, Any], Any] | None = None) -> None:
-        """Remove one handler for ``topic``, or all of them."""
-        hs = self._handlers.get(topic, [])
-        if handler is None:
-            hs.clear()
-        elif handler in hs:
-            hs.remove(handler)
-        if not hs:
-            self._handlers.pop(topic, None)
-        self._run_soon(self._resubscribe)
-
     # -- options, stats, lifecycle -----------------------------------------------------------------
 
     @property
@@ -443,6 +425,7 @@ class AsyncClient(ClientCore, ChannelEvents):
         for call in self._table.clear():  # calls still waiting for a connection are in here too
             self._slots.release()
             self._settle_err(call, ClientClosed(f"client closed while call {call.method!r} was pending"))
+        self._close_subscriptions()
         self._waiting.clear()
         for ch in self._channels.values():
             ch.close()
@@ -674,7 +657,8 @@ class AsyncClient(ClientCore, ChannelEvents):
         if fast is not None:  # the common case, a REPLY, without building a message object
             call = self._table.pending.pop(fast[0], None)
             if call is None:
-                self.counters["stale_replies"] += 1
+                if not (self._sub_sent and self._sub_answer(fast[0], fast[1])):
+                    self.counters["stale_replies"] += 1
                 return
             self._slots.release()
             self._settle_ok(call, fast[1])
@@ -703,7 +687,8 @@ class AsyncClient(ClientCore, ChannelEvents):
             if fast is not None:
                 call = pending.pop(fast[0], None)
                 if call is None:
-                    self.counters["stale_replies"] += 1
+                    if not (self._sub_sent and self._sub_answer(fast[0], fast[1])):
+                        self.counters["stale_replies"] += 1
                     continue
                 slots.release()
                 settle(call, fast[1])
@@ -724,7 +709,11 @@ class AsyncClient(ClientCore, ChannelEvents):
             if call is None:
                 if kind is ErrorReply and msg.id == 0:
                     self._unaddressed(ch, msg.error)
-                else:
+                elif not self._sub_sent or not (
+                    self._sub_answer(msg.id, msg.result)
+                    if kind is Reply
+                    else self._sub_answer(msg.id, error=msg.error)
+                ):
                     self.counters["stale_replies"] += 1
                 return
             if kind is Reply:
@@ -743,6 +732,8 @@ class AsyncClient(ClientCore, ChannelEvents):
             self._on_event(ch, msg)
         elif kind is Pong:
             ch.liveness.pong()
+            if self._sub_sent:
+                self._sub_answer(msg.id)  # the PING after an old server's subscription
 
     def _unaddressed(self, ch: Channel, record: Any) -> None:
         """An ERROR with id 0: the server could not read a request's id. Fail the pending calls it is
@@ -785,6 +776,7 @@ class AsyncClient(ClientCore, ChannelEvents):
 
     def _on_down(self, ch: Channel) -> None:
         changed = ch.liveness.down()
+        self._sub_down(ch)  # what its server said about subscriptions is void now (before anyone is told)
         if changed is not None:
             self._state_changed(ch, changed)
         # The monitor is a separate socket: replies that came in just before the disconnect may still
@@ -856,16 +848,6 @@ class AsyncClient(ClientCore, ChannelEvents):
             if ping:
                 ch.send_quietly(ping_frame(self._ids.next()))
         self._tick_handle = self._loop.call_later(hb.interval, self._tick)
-
-    def _subscribe(self, ch: Channel) -> None:
-        if not self._handlers and not ch.last_seq:
-            return
-        ch.send_quietly(subscribe_frame(self._ids.next(), sorted(self._handlers), self._codec))
-
-    def _resubscribe(self) -> None:
-        for ch in self._channels.values():
-            if ch.connected:
-                self._subscribe(ch)
 
 
 class AsyncClientView:

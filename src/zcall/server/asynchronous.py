@@ -386,8 +386,14 @@ class AsyncServer(Lifecycle):
         t = type(r)
         if t is Cancel:
             self._cancel(ident, r.id)
-        elif t is Subscribe and self._subscribers.update(ident, envelope, r.patterns):
-            self._sweep_subscribers()
+        elif t is Subscribe:
+            if self._subscribers.update(ident, envelope, r.patterns):
+                self._sweep_subscribers()
+            answer = self._dispatch.subscribed(r, r.patterns)  # the CALL form: the patterns now kept
+            if answer is not None:
+                if self._batch_out:
+                    self._flush_to(ident)
+                self._send(envelope, answer)
 
     def _on_batch(self, envelope: list[bytes], ident: bytes, frame: Any, items: list[Any], size: int) -> None:
         """A BATCH: each item as if it had come alone, in order; the answers to its calls leave in

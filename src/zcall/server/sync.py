@@ -43,7 +43,7 @@ from ..engine.sockets import (
 from ..protocol.codec import Codec, default_codec
 from ..protocol.wire import ACK, DELIMITER, MAX_REQUEST_FRAMES, Batch, handshake_properties, split_routed
 from ..service.context import CallContext
-from ..service.dispatch import Dispatcher
+from ..service.dispatch import Dispatcher, Subscribe
 from ..service.invoke import run_to_completion
 from ..service.registry import Service
 from ..service.replycache import ReplyCache
@@ -330,6 +330,8 @@ class SyncServer(Lifecycle):
                 reply(send, envelope, r)
             elif type(r) is Batch:
                 reply(send, envelope, d.batch_refused())  # one at a time: it never advertised BATCH
+            elif type(r) is Subscribe:  # kept nowhere: a REP-style server cannot push events
+                reply(send, envelope, d.subscribed(r, []))
             else:
                 reply(send, envelope, None)  # a NOTIFY, a CANCEL, a subscribe: every request is answered
 

@@ -7,7 +7,8 @@ the deadline, the in-flight limit, then the service's interceptors. It returns w
 - a ``CallContext``: run its handler (the only thing a server chooses is *how*: inline, pool, task);
 - ``bytes``: send this frame now (an error, a PONG, a cached reply);
 - ``None``: send nothing (a NOTIFY, a resend joined to its running first attempt);
-- a ``Cancel`` or ``Subscribe``: connection-level requests only a ROUTER server acts on.
+- a ``Cancel`` or ``Subscribe``: connection-level requests only a ROUTER server acts on (a CALL of
+  ``zcall.subscribe`` is answered with ``subscribed``: the patterns kept, ``[]`` from a REP server).
 
 ``Dispatcher.finish(call, result=..., error=...)`` records metrics, runs the interceptors' reply hooks,
 fills the reply cache and returns the frame to send (and the resends waiting for it). It holds no
@@ -77,12 +78,14 @@ class Expired(Exception):
 
 
 class Subscribe:
-    """A ``zcall.subscribe`` NOTIFY: the connection's event patterns, replacing the previous ones."""
+    """A ``zcall.subscribe``: the connection's event patterns, replacing the previous ones. ``id`` is the
+    request id of the CALL form, which is answered (``Dispatcher.subscribed``); None for the NOTIFY."""
 
-    __slots__ = ("patterns",)
+    __slots__ = ("patterns", "id")
 
-    def __init__(self, patterns: list[str]) -> None:
+    def __init__(self, patterns: list[str], id: int | None = None) -> None:  # noqa: A002
         self.patterns = patterns
+        self.id = id
 
 
 class Dispatcher:
@@ -193,6 +196,8 @@ class Dispatcher:
         try:
             entry = self.service.lookup(name)
         except Rejected as r:
+            if name == SUBSCRIBE_METHOD:  # the acknowledged form: a CALL (here, off the hot path)
+                return self._subscription(args, rid)
             self.metrics.record(OTHER, _REJECTED)  # never the caller's made-up name: bounded rows
             return self._refused(rid, name, notify, r)
         try:
@@ -257,8 +262,16 @@ class Dispatcher:
                 _current.reset(token)
         return call
 
-    def _subscription(self, args: list[Any]) -> Subscribe:
-        """A ``zcall.subscribe`` NOTIFY's patterns, bounded (``MAX_PATTERNS`` of ``MAX_PATTERN_LENGTH``)."""
+    def subscribed(self, request: Subscribe, kept: list[str]) -> bytes | None:
+        """The answer to a ``zcall.subscribe``: for the CALL form, REPLY with the patterns the server now
+        keeps for that connection (``kept``: a REP server keeps none, it cannot push); None (nothing, or
+        an ACK on REP) for the NOTIFY form."""
+        if request.id is None:
+            return None
+        return reply_frame(request.id, kept, self.codec)
+
+    def _subscription(self, args: list[Any], rid: int | None = None) -> Subscribe:
+        """A ``zcall.subscribe``'s patterns, bounded (``MAX_PATTERNS`` of ``MAX_PATTERN_LENGTH``)."""
         wanted = args[0] if args and type(args[0]) is list else []
         patterns = [p for p in wanted if type(p) is str and len(p) <= MAX_PATTERN_LENGTH]
         if len(patterns) != len(wanted) or len(patterns) > MAX_PATTERNS:
@@ -270,7 +283,7 @@ class Dispatcher:
                 MAX_PATTERNS,
                 MAX_PATTERN_LENGTH,
             )
-        return Subscribe(patterns[:MAX_PATTERNS])
+        return Subscribe(patterns[:MAX_PATTERNS], rid)
 
     def _other(self, body: Any) -> bytes | Cancel | Batch | None:
         """Anything but a well-formed CALL/NOTIFY: a PING, a CANCEL, a BATCH, or bad input (answered)."""
