@@ -353,6 +353,22 @@ def test_a_message_too_large_is_refused_by_the_server_then_by_the_client(
         server.stop(0.5)
 
 
+def test_exceptions_and_types_cross_both_transports(
+    face: str, kind: str, service: zcall.Service, loop: LoopThread, bind_endpoint: str
+) -> None:
+    server = start_server(kind, service, bind_endpoint)
+    try:
+        with caller(face, server.endpoint, loop, timeout=5.0) as c:
+            with pytest.raises(OutOfStock) as info:
+                c.call("afail", "stock")
+            assert info.value.sku == "widget" and isinstance(info.value, zcall.RemoteError)
+            assert c.call("echo", BASKET) == BASKET
+            plain = {"id": str(BASKET.id), "items": [], "total": "1"}
+            assert c.call("checkout", plain)["kinds"][0] == "Basket"
+    finally:
+        server.stop(0.5)
+
+
 def test_a_map_key_that_is_not_a_str_is_a_clear_local_error(c: Caller) -> None:
     for args, kwargs, where in [
         (({1: "a"},), {}, "args[0]"),
