@@ -215,6 +215,11 @@ class PeerSubscription(_Settling):
         refused = [f"{name}: {p.refused}" for name, p in parts.items() if p.refused]
         self._set(all(p.active for p in parts.values()), "; ".join(refused) or None)
 
+    def _home(self) -> asyncio.AbstractEventLoop | None:
+        with self._lock:
+            parts = list(self._parts.values())
+        return parts[0]._home() if parts else None  # a peer's clients all live on one loop
+
     @property
     def parts(self) -> dict[str, Subscription]:
         """Peer name → that peer's subscription."""
