@@ -25,8 +25,12 @@ def main() -> None:
     client = SyncClient("tcp://127.0.0.1:1")  # no socket is made until a call is sent
     opts = client._defaults
     args: tuple[int, ...] = (10,)
+    order = ({"sku": "widget", "qty": 2, "tags": ["a", "b"], "price": 9.95},)
+    order_call = call_frame(rid, "place", order, {}, 5000)
     cases = {
         "encode CALL  (call_frame)": lambda: call_frame(rid, "double", args, {}, 5000),
+        "encode CALL, a dict arg": lambda: call_frame(rid, "place", order, {}, 5000),
+        "decode CALL, a dict arg": lambda: request_fields(order_call),
         "decode CALL  (request_fields)": lambda: request_fields(call),
         "encode REPLY (reply_frame)": lambda: reply_frame(rid, 20),
         "decode REPLY (reply_fields)": lambda: reply_fields(reply),
