@@ -225,6 +225,7 @@ class PipelinedRaw:
     def __init__(self, endpoint: str, method: str, args: list[Any], expect: Any, inflight: int) -> None:
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.linger = 0
+        self.sock.sndhwm = self.sock.rcvhwm = 0  # the floor never drops a message at 1,024 in flight
         self.sock.rcvtimeo = RECV_TIMEOUT_MS
         self.sock.connect(endpoint)
         self.method, self.args, self.expect, self.inflight = method, args, expect, inflight

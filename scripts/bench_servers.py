@@ -76,6 +76,7 @@ def raw_router(sock_ready: Callable[[zmq.Socket], None]) -> None:
     ctx = zmq.Context.instance()
     router = ctx.socket(zmq.ROUTER)
     router.linger = 0
+    router.sndhwm = router.rcvhwm = 0  # a ROUTER drops replies past its high-water mark: 1,024 in flight
     sock_ready(router)
     packb, unpackb, handlers = msgpack.packb, msgpack.unpackb, HANDLERS
     while True:
@@ -89,6 +90,7 @@ def raw_router_deferred(sock_ready: Callable[[zmq.Socket], None]) -> None:
     ctx = zmq.Context.instance()
     router = ctx.socket(zmq.ROUTER)
     router.linger = 0
+    router.sndhwm = router.rcvhwm = 0  # as raw_router: no reply dropped at the high-water mark
     sock_ready(router)
     packb, unpackb = msgpack.packb, msgpack.unpackb
     due: list[tuple[float, int, bytes, int]] = []  # (when, tie-breaker, identity, call id)

@@ -55,7 +55,8 @@ def test_client_timeout_fires_at_its_deadline_and_cancels_on_the_server(
             else:
                 asyncio.run(c.options(timeout=0.3).call("nap", 3.0, "t"))
         elapsed = time.monotonic() - t0
-        assert 0.29 <= elapsed < 0.6, elapsed
+        # at its 0.3 s deadline; the failure (no timeout of its own) would end with the 3 s nap's reply
+        assert 0.29 <= elapsed < 1.5, elapsed
         assert info.value.method == "nap" and server.endpoint in info.value.endpoints
         probe.wait_cancelled("t")  # the client told the server to stop working on it
         assert c.statistics()["timeouts"] == 1
@@ -147,7 +148,9 @@ def test_server_killed_mid_flight_fails_every_pending_call_and_a_restart_serves_
         proc.wait(5)
         errors = [f.exception(10) for f in futs]
         assert time.monotonic() - t0 < 5  # not the 20 s call timeout
-        assert all(isinstance(e, zcall.ConnectionLost | zcall.CallTimeout) for e in errors), errors
+        # docs/reliability.md, Failure detection: a killed server (connection reset) is seen at once,
+        # the pending calls fail with ConnectionLost (a CallTimeout would come only at the 20 s timeout)
+        assert all(isinstance(e, zcall.ConnectionLost) for e in errors), errors
         assert c.statistics()["in_flight"] == 0
         restarted = spawn_async_server(proc.endpoint)
         processes.append(restarted)

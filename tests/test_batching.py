@@ -15,6 +15,7 @@ import pytest
 import zmq
 
 import zcall
+from helpers.async_support import wait_until
 from zcall.testing import ipc_endpoint
 
 pytestmark = pytest.mark.timeout(30)
@@ -230,6 +231,8 @@ def test_after_a_reconnect_the_client_asks_the_new_server_again(ran: list[Any], 
             futures = [c.call_async("double", i) for i in range(300)]
             assert [f.result(10) for f in futures] == [2 * i for i in range(300)]
             assert first.statistics()["batches_received"] > 0
+        # the client must have seen that connection end, or a call sent now is failed by its late end
+        wait_until(lambda: ep not in c.statistics()["connected"], what="the disconnect")
         with zcall.SyncServer(make_service(ran), ep) as second:
             futures = [c.call_async("double", i) for i in range(300)]
             assert [f.result(10) for f in futures] == [2 * i for i in range(300)]

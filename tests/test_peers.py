@@ -232,9 +232,11 @@ def test_notify_between_peers_runs_the_handler(start_peers: Callable[..., list[N
 def test_killed_peer_fails_pending_calls_and_is_used_again_when_back(
     start_peers: Callable[..., list[Node]],
 ) -> None:
-    a, b = start_peers(("a", {"timeout": 2.0}), ("b", {}))
+    timeout = 4.0  # a's call timeout: what every failure below would take
+    a, b = start_peers(("a", {"timeout": timeout}), ("b", {}))
     link(a, b)
     via_acall = [a.call_async("arelay", "b", "slow", 30, f"x{i}") for i in range(3)]
+    sent = time.monotonic()
     via_call = [a.call_async("relay", "b", "slow", 30, f"s{i}") for i in range(2)]
     b.expect_lines("SLOW START", 5)  # all five are running inside b
     b.handle.kill()
@@ -242,18 +244,22 @@ def test_killed_peer_fails_pending_calls_and_is_used_again_when_back(
     killed = time.monotonic()
     # the DEALER sees the disconnect: pending async calls fail at once with ConnectionLost
     for f in via_acall:
-        exc = remote_failure(f, 3.0)
+        exc = remote_failure(f, timeout + 1)
         assert exc.type == "zcall.errors.ConnectionLost", exc
         assert b.endpoint in exc.message
-    assert time.monotonic() - killed < 1.9  # well before a's 2 s call timeout
-    # a keeps serving others while its blocking calls to b are still waiting out their timeout
+    # at once; not seeing the disconnect would make them wait out a's 4 s timeout: half of that
+    assert time.monotonic() - killed < timeout / 2
+    # a keeps serving others while its blocking calls to b are still waiting out their timeout (sent
+    # under timeout / 2 ago, by the bound just above plus the kill: they cannot have timed out yet)
+    assert time.monotonic() - sent < timeout, "too slow to tell waiting calls from timed-out ones"
     assert not any(f.done() for f in via_call)
     assert a.call("whoami") == "a"
-    for f in via_call:  # REQ cannot see the disconnect: CallTimeout after a's 2 s timeout
-        exc = remote_failure(f, 5.0)
+    for f in via_call:  # REQ cannot see the disconnect: CallTimeout after a's timeout
+        exc = remote_failure(f, timeout + 3)
         assert exc.type == "zcall.errors.CallTimeout", exc
         assert b.endpoint in exc.message
-    assert time.monotonic() - killed < 4.0  # 2 s from when they were sent, plus slack for a busy machine
+    # at a's 4 s timeout from when they were sent; a call that never timed out would fail just above
+    assert time.monotonic() - sent < timeout * 1.5
     # b comes back on the same endpoint: a uses it again, both ways of calling
     start_peers(("b", {"bind": b.endpoint}))
     assert a.call("arelay", "b", "whoami") == "b"

@@ -20,7 +20,7 @@ import zmq
 
 from .client.asynchronous import AsyncClient
 from .client.interceptors import ClientInterceptor
-from .client.proxy import AsyncProxy, FutureProxy, SyncProxy, peer_proxy
+from .client.proxy import AsyncProxy, FutureProxy, SyncProxy
 from .client.subscriptions import PeerSubscription
 from .client.sync import SyncClient
 from .engine.loop import on_loop, run_on, running_loop
@@ -408,3 +408,41 @@ class Peer(Lifecycle):
             "clients": {n: c.statistics() for n, c in list(self._async_clients.items())},
             "sync_clients": {n: dict(c.counters) for n, c in list(self._sync_clients.items())},
         }
+
+
+# -- attribute-style calls to a peer -----------------------------------------------------------------
+
+
+class _PeerCalls:
+    """A blocking target for one peer's calls: ``call`` goes through ``Peer.call`` (which refuses to block
+    the peer's own loop); its client (``_client``) holds the cache and makes the budget-sharing view."""
+
+    __slots__ = ("_peer", "_peer_name")
+
+    def __init__(self, peer: Peer, name: str) -> None:
+        self._peer = peer
+        self._peer_name = name
+
+    @property
+    def _client(self) -> Any:
+        return self._peer.sync_client(self._peer_name)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return list(self._client.endpoints)
+
+    @property
+    def timeout(self) -> float:
+        return float(self._client.timeout)
+
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        return self._peer.call(self._peer_name, method, *args, **kwargs)
+
+    def options(self, **changes: Any) -> Any:
+        return self._client.options(**changes)
+
+
+def peer_proxy(peer: Peer, name: str) -> SyncProxy:
+    """``Peer.proxy(name)``: blocking attribute-style calls to the peer called ``name``."""
+    peer._endpoints(name)  # an unknown peer is a LookupError now, not at the first call
+    return SyncProxy(_PeerCalls(peer, name))

@@ -49,6 +49,7 @@ class Tally:
     answers: Counter[str] = field(default_factory=Counter)
     mismatches: list[str] = field(default_factory=list)
     skipped_valid: int = 0
+    received: int = 0  # answers actually read off the socket (``answers`` also counts "no answer")
 
     @property
     def total(self) -> int:
@@ -557,6 +558,8 @@ def send_router(sock: zmq.Socket, cases: list[Case], limit: int, tally: Tally) -
             except zmq.Again:
                 got_queue.append(("no answer", 0, 0))
         got = got_queue.popleft()
+        if got[0] != "no answer":
+            tally.received += 1
         check(case, want, got, tally)
         if got[0] == "no answer":
             return
@@ -572,6 +575,7 @@ def send_rep(sock: zmq.Socket, cases: list[Case], limit: int, tally: Tally) -> z
         sock.send_multipart(list(case.parts))
         try:
             got = read_answer(sock.recv_multipart())
+            tally.received += 1
         except zmq.Again:
             check(case, want, ("no answer", 0, 0), tally)
             return sock

@@ -28,16 +28,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import CallTimeout, MethodNotFound, RemoteError
 from ..protocol.status import StatusCode
 from .futures import CallFuture
 
-if TYPE_CHECKING:
-    from ..peer import Peer
-
-__all__ = ["AsyncProxy", "FutureProxy", "SyncProxy", "UnknownMethod", "peer_proxy"]
+__all__ = ["AsyncProxy", "FutureProxy", "SyncProxy", "UnknownMethod"]
 
 log = logging.getLogger("zcall.client")
 
@@ -349,41 +346,3 @@ class FutureProxy(_Node):
 
         _lookup(cat, target).add_done_callback(looked_up)
         return outer
-
-
-# -- peers -------------------------------------------------------------------------------------------
-
-
-class _PeerCalls:
-    """A blocking target for one peer's calls: ``call`` goes through ``Peer.call`` (which refuses to block
-    the peer's own loop); its client (``_client``) holds the cache and makes the budget-sharing view."""
-
-    __slots__ = ("_peer", "_peer_name")
-
-    def __init__(self, peer: Peer, name: str) -> None:
-        self._peer = peer
-        self._peer_name = name
-
-    @property
-    def _client(self) -> Any:
-        return self._peer.sync_client(self._peer_name)
-
-    @property
-    def endpoints(self) -> list[str]:
-        return list(self._client.endpoints)
-
-    @property
-    def timeout(self) -> float:
-        return float(self._client.timeout)
-
-    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
-        return self._peer.call(self._peer_name, method, *args, **kwargs)
-
-    def options(self, **changes: Any) -> Any:
-        return self._client.options(**changes)
-
-
-def peer_proxy(peer: Peer, name: str) -> SyncProxy:
-    """``Peer.proxy(name)``: blocking attribute-style calls to the peer called ``name``."""
-    peer._endpoints(name)  # an unknown peer is a LookupError now, not at the first call
-    return SyncProxy(_PeerCalls(peer, name))

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["SyncClient", "SyncClientView"]
 
 _RCVTIMEO = zmq.RCVTIMEO
+_SNDTIMEO = zmq.SNDTIMEO
 _monotonic = time.monotonic
 _CURVE_HINT = (
     "with CURVE, a client key the server does not allow or a wrong server key also ends here: "
@@ -158,9 +159,12 @@ class SyncClient(ClientCore):
             try:
                 if req.timeout_ms != timeout_ms:  # pyzmq's sock.rcvtimeo getter costs microseconds
                     sock.setsockopt(_RCVTIMEO, timeout_ms)
+                    # a REQ send blocks while it has no connection (one refused on reconnect drops it):
+                    # bounded by the attempt's budget too, never forever
+                    sock.setsockopt(_SNDTIMEO, timeout_ms)
                     req.timeout_ms = timeout_ms
-                req.send(frame, 0)
                 try:
+                    req.send(frame, 0)
                     data = req.recv()
                 except zmq.Again:
                     data = None

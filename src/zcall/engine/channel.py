@@ -18,7 +18,7 @@ from zmq.utils.monitor import parse_monitor_message
 from ..protocol.wire import BATCH_CAPABILITY, DELIMITER, MAX_MESSAGE_PROPERTY, batch_frame, read_handshake
 from .liveness import Heartbeat, Liveness
 from .reader import Reader
-from .sockets import apply_size_limit, close_quietly, fast_send, new_socket
+from .sockets import apply_size_limit, close_quietly, fast_send, monitor_socket, new_socket
 
 if TYPE_CHECKING:
     from ..security import ClientSecurity
@@ -129,10 +129,9 @@ class Channel:
         if security is not None:
             security.apply(sock)
         try:
-            self.monitor = sock.get_monitor_socket(MONITORED)
-        except zmq.ZMQError:
+            self.monitor = monitor_socket(ctx, sock, MONITORED)
+        except BaseException:
             sock.close(linger=0)
-            new_socket(ctx, zmq.PAIR).close(linger=0)  # raises the error that says what to do, if that was it
             raise
         sock.connect(endpoint)
         self.sock = sock

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -33,6 +34,7 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._users = 0
+        self._death_hooks: list[Callable[[], None]] = []
 
     @property
     def running(self) -> bool:
@@ -73,15 +75,24 @@ class Engine:
             thread.join(10)  # type: ignore[union-attr]
 
     def stop(self) -> None:
-        """Stop the loop thread now, whatever the users (interpreter exit)."""
+        """Stop the loop thread now, whatever the users (interpreter exit). A loop held by something that
+        never returns is left behind after a short wait (the thread is a daemon), never waited for."""
         with self._lock:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
             self._users = 0
-        if loop is not None:
+        if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(loop.stop)
             if thread is not threading.current_thread():
-                thread.join(10)  # type: ignore[union-attr]
+                thread.join(2)  # type: ignore[union-attr]
+
+    def abandon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Forget ``loop``, which something holds for good (its daemon thread is left to the exit): the
+        next user starts a fresh engine, and the interpreter's exit does not wait for it."""
+        with self._lock:
+            if self._loop is loop:
+                self._loop = self._thread = None
+                self._users = 0
 
     def _reset_after_fork(self) -> asyncio.AbstractEventLoop | None:
         """In a forked child: forget the parent's loop (its thread did not survive); returns it."""
@@ -91,13 +102,28 @@ class Engine:
         self._users = 0
         return loop
 
+    def on_death(self, hook: Callable[[], None]) -> Callable[[], None]:
+        """Call ``hook()`` (from the dying thread) if the engine loop ever dies; returns its remover.
+
+        ``serve_forever`` uses it: a process whose loop died must end (non-zero) for a supervisor to
+        restart it, not linger with its sockets bound and every call timing out."""
+        self._death_hooks.append(hook)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._death_hooks.remove(hook)
+
+        return remove
+
     def _run(self, loop: asyncio.AbstractEventLoop, started: threading.Event) -> None:
         asyncio.set_event_loop(loop)
         loop.call_soon(started.set)
+        died = False
         try:
             try:
                 loop.run_forever()
             except BaseException:
+                died = True
                 # Nothing zcall runs lets an exception out of a loop callback (handlers' BaseExceptions
                 # are their answers); if something did, say so loudly and let the next user start afresh.
                 log.critical("zcall's engine loop died; its clients and servers stop working", exc_info=True)
@@ -114,6 +140,12 @@ class Engine:
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             loop.close()
+            if died:
+                for hook in list(self._death_hooks):
+                    try:
+                        hook()
+                    except Exception:  # one hook must not keep the others from running
+                        log.exception("engine death hook failed")
 
 
 engine = Engine()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import zmq
 
 __all__ = [
+    "monitor_socket",
     "DEFAULT_BIND",
     "EndpointError",
     "apply_size_limit",
@@ -100,16 +102,34 @@ def new_socket(ctx: zmq.Context, kind: int) -> zmq.Socket:
     try:
         return ctx.socket(kind)
     except zmq.ZMQError as exc:
-        if exc.errno in (errno.EMFILE, errno.ENFILE):
-            limit = ctx.get(zmq.MAX_SOCKETS)
-            raise OSError(
-                exc.errno,
-                f"cannot open another zmq socket ({exc}): this context allows {limit} sockets and each "
-                "AsyncClient uses 3 (a DEALER and its monitor pair) per endpoint; share clients, close "
-                "unused ones, raise the open-file limit (ulimit -n), or pass context= a zmq.Context whose "
-                "MAX_SOCKETS was raised before its first socket",
-            ) from None
+        _raise_if_out_of_sockets(ctx, exc)
         raise
+
+
+def monitor_socket(ctx: zmq.Context, sock: zmq.Socket, events: int) -> zmq.Socket:
+    """``sock.get_monitor_socket(events)`` on an inproc address never used before in this process
+    (pyzmq's default names it after the socket's file descriptor, which the OS reuses: a new monitor
+    could collide with one libzmq has not finished closing), with ``new_socket``'s clear error."""
+    try:
+        return sock.get_monitor_socket(events, addr=f"inproc://zcall-monitor-{next(_monitor_numbers)}")
+    except zmq.ZMQError as exc:
+        _raise_if_out_of_sockets(ctx, exc)
+        raise
+
+
+_monitor_numbers = itertools.count(1)
+
+
+def _raise_if_out_of_sockets(ctx: zmq.Context, exc: zmq.ZMQError) -> None:
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        limit = ctx.get(zmq.MAX_SOCKETS)
+        raise OSError(
+            exc.errno,
+            f"cannot open another zmq socket ({exc}): this context allows {limit} sockets and each "
+            "AsyncClient uses 3 (a DEALER and its monitor pair) per endpoint; share clients, close "
+            "unused ones, raise the open-file limit (ulimit -n), or pass context= a zmq.Context whose "
+            "MAX_SOCKETS was raised before its first socket",
+        ) from None
 
 
 def fast_send(sock: zmq.Socket) -> Callable[[bytes, int], Any]:
@@ -148,7 +168,7 @@ def close_bound(
         sock.close(linger=linger_ms)
         return
     try:
-        monitor = sock.get_monitor_socket(zmq.EVENT_CLOSED)
+        monitor = monitor_socket(sock.context, sock, zmq.EVENT_CLOSED)
     except zmq.ZMQError:
         sock.close(linger=linger_ms)
         return

@@ -245,6 +245,16 @@ class Codec:
         except (TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(f"cannot encode value with msgpack: {exc}") from None
 
+    def held_by(self, data: Any) -> int:
+        """What ``data``, decoded last on this thread by ``unpackb``, holds in memory: its size, or the
+        estimated cost of its maps and arrays when that is more (counted for bodies of ``COUNTED_ABOVE``
+        bytes and up). Servers charge calls in flight with it: a dense request holds ~60x its size."""
+        n = len(data)
+        if n < COUNTED_ABOVE:
+            return n
+        cost: int = getattr(self._local, "decoded_cost", 0)
+        return cost if cost > n else n
+
     def _new_packer(self) -> msgpack.Packer:
         return msgpack.Packer(default=self._default, datetime=True, autoreset=True)
 
@@ -318,7 +328,7 @@ class Codec:
             outer = getattr(local, "budget", None)
             local.budget = hook
             try:
-                return msgpack.unpackb(
+                value = msgpack.unpackb(
                     data,
                     raw=False,
                     timestamp=3,
@@ -329,6 +339,8 @@ class Codec:
                 )
             finally:
                 local.budget = outer
+            local.decoded_cost = hook.limit - hook.left
+            return value
         except ProtocolError:
             raise
         except _OverBudget as exc:

@@ -9,6 +9,7 @@ declared ``inline=True`` on the loop itself, which is fastest for handlers that 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import os
@@ -69,6 +70,9 @@ if TYPE_CHECKING:
 __all__ = ["SUBSCRIBE_METHOD", "AsyncServer", "topic_matches"]
 
 log = logging.getLogger("zcall.server")
+
+_HELD_LOOP_SLACK = 1.5
+"""Seconds past the grace period ``stop()`` waits for a loop that something holds before giving up."""
 
 # plain ints: combining pyzmq's enum flags (NOBLOCK | SNDMORE) costs about a microsecond each time
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -186,10 +190,24 @@ class AsyncServer(Lifecycle):
             raise RuntimeError("stop() would block the server's own loop: use 'await server.aclose()'")
         if not loop.is_closed():
             try:
-                asyncio.run_coroutine_threadsafe(self.aclose(grace), loop).result(grace + 10)
+                asyncio.run_coroutine_threadsafe(self.aclose(grace), loop).result(grace + _HELD_LOOP_SLACK)
             except RuntimeError:  # the loop stopped meanwhile (interpreter exit)
                 pass
-        self._done.wait(grace + 10)
+            except concurrent.futures.TimeoutError:
+                # Something holds the loop (an inline handler that never returns): no clean close is
+                # possible, and waiting longer would only keep the process from exiting.
+                log.critical(
+                    "server %r: its event loop has been held for %.1f s past the grace period (an inline "
+                    "handler that never returns?): closing without answering its calls",
+                    self.service.name,
+                    _HELD_LOOP_SLACK,
+                )
+                self._done.set()
+                if self._uses_engine:  # releasing would join the held loop thread: leave it (a daemon)
+                    self._uses_engine = False
+                    engine.abandon(loop)
+                return
+        self._done.wait(grace + _HELD_LOOP_SLACK)
         if self._uses_engine:
             self._uses_engine = False
             engine.release(loop)
@@ -378,7 +396,8 @@ class AsyncServer(Lifecycle):
                 self._flush_to(ident)  # the answers before it leave first
             self._send(envelope, r)  # type: ignore[arg-type]
         elif t is Batch:
-            self._on_batch(envelope, ident, body_frame, r.items, len(body))  # type: ignore[union-attr]
+            held = self._codec.held_by(body)
+            self._on_batch(envelope, ident, body_frame, r.items, held)  # type: ignore[union-attr]
         else:
             self._on_control(envelope, ident, r)
 

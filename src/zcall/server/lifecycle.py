@@ -22,6 +22,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
+from ..engine.loop import engine
 from .signals import StopSignal
 
 __all__ = ["DEFAULT_GRACE", "Lifecycle"]
@@ -74,6 +75,7 @@ class Lifecycle:
         ``on_ready(endpoint)`` runs once bound (e.g. to print the real port of a ``*`` bind)."""
         with StopSignal(on_repeat=self._hurry) as stop:
             self._forever = stop
+            died, unhook = self._watch_engine(stop)
             try:
                 self.start()
                 if on_ready is not None:
@@ -81,17 +83,39 @@ class Lifecycle:
                 stop.wait()
             finally:
                 self._forever = None
-                self.stop(grace)
+                unhook()
+                self._stop_or_fail(grace, died)
 
     def wait(self, grace: float = DEFAULT_GRACE) -> None:
         """Block until a ``start()``-ed server is stopped; SIGINT/SIGTERM stop it (with ``grace``)."""
         with StopSignal(on_repeat=self._hurry) as stop:
             self._forever = stop
+            died, unhook = self._watch_engine(stop)
             try:
                 stop.wait()
             finally:
                 self._forever = None
-                self.stop(grace)
+                unhook()
+                self._stop_or_fail(grace, died)
+
+    @staticmethod
+    def _watch_engine(stop: StopSignal) -> tuple[list[bool], Callable[[], None]]:
+        """Wake ``stop`` if zcall's engine loop dies (it is logged CRITICAL where it happens)."""
+        died: list[bool] = []
+
+        def on_death() -> None:
+            died.append(True)
+            stop.request("zcall's engine loop died")
+
+        return died, engine.on_death(on_death)
+
+    def _stop_or_fail(self, grace: float, died: list[bool]) -> None:
+        if died:  # nothing can be served or stopped on a dead loop: end, so a supervisor restarts us
+            raise RuntimeError(
+                "zcall's engine loop died (see the CRITICAL log line): this server cannot serve any "
+                "more; the process must restart"
+            )
+        self.stop(grace)
 
     async def serve(self, grace: float = DEFAULT_GRACE, on_ready: Callable[[str], Any] | None = None) -> None:
         """Serve until ``aclose()`` or until cancelled (which stops with ``grace``), from asyncio."""

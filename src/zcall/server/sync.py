@@ -58,6 +58,8 @@ log = logging.getLogger("zcall.server")
 
 _server_numbers = itertools.count(1)  # names each server's inproc stop address; never reused
 _NOBLOCK = int(zmq.NOBLOCK)
+_WAITING_PER_CONNECTION = 8
+"""Requests libzmq holds for one connection while the SyncServer is busy (its ROUTER's RCVHWM)."""
 _NOBLOCK_SNDMORE = _NOBLOCK | int(zmq.SNDMORE)
 _COPY_BELOW = 4096  # bodies smaller than this are copied out of their frame (cheaper than a view)
 _IDLE_TICK_MS = 500  # a blocking recv re-checks for a stop this often (if the wake-up was lost)
@@ -236,6 +238,10 @@ class SyncServer(Lifecycle):
             try:
                 sock.setsockopt(zmq.LINGER, 1000)
                 sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a vanished client fails, counted
+                # One request is served at a time: libzmq need not hold more than a few waiting per
+                # connection (its default, 1000 of up to the frame limit each, is gigabytes); a client
+                # pipelining further just waits in its own queue (backpressure, nothing dropped).
+                sock.setsockopt(zmq.RCVHWM, _WAITING_PER_CONNECTION)
                 apply_size_limit(sock, self._dispatch.codec.max_message_size)
                 for prop in handshake_properties(self._dispatch.codec.max_message_size, batch=False):
                     sock.setsockopt(zmq.METADATA, prop)  # its size limit, so clients refuse what it would

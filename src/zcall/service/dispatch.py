@@ -173,7 +173,7 @@ class Dispatcher:
         fields = request_fields(body, self.codec)
         if fields is None:
             return self._other(body)
-        return self.admit_fields(fields, len(body), reply_to, routing_id, frame, can_wait)
+        return self.admit_fields(fields, self.codec.held_by(body), reply_to, routing_id, frame, can_wait)
 
     def admit_fields(
         self,
@@ -410,10 +410,14 @@ class Dispatcher:
                         f"result of {len(frame)} bytes exceeds the limit of {codec.max_message_size} bytes "
                         "a caller accepts: return less, or stream it"
                     )
-                elif self.check_replies and type(result) in _CONTAINERS:
+                elif self.check_replies and isinstance(result, _CONTAINERS):
                     check_readable(frame, codec)  # as the caller's decoder will: refuse it here, not there
-            except (SerializationError, ProtocolError) as exc:
-                problem = f"result not sendable: {exc}"
+            except BaseException as exc:  # whatever an ext encoder raises: the call's answer, not ours
+                problem = (
+                    f"result not sendable: {exc}"
+                    if isinstance(exc, SerializationError | ProtocolError)
+                    else (f"result not sendable: its encoder raised {type(exc).__name__}: {exc}")
+                )
             if problem is None:
                 st.finished(t0, _OK)
             else:

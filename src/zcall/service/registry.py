@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import os
+import sys
 import time
 import typing
 import weakref
@@ -353,6 +354,14 @@ class Service:
         for attr in dir(obj):
             if attr.startswith("_"):
                 continue
+            try:
+                static = inspect.getattr_static(obj, attr)
+            except AttributeError:
+                continue
+            if not (callable(static) or isinstance(static, (staticmethod, classmethod))):
+                continue  # data and properties: never evaluated (a property may do anything)
+            if module_name is None and _inherited_from_python(obj, attr):
+                continue  # dict's pop, Thread's start: what a class inherits from Python is not its API
             value = getattr(obj, attr)
             if not inspect.isroutine(value):
                 continue
@@ -447,3 +456,15 @@ class Service:
     def _list_methods(self) -> list[dict[str, Any]]:
         """Every callable method with its signature and the first line of its docstring."""
         return [m.describe() for m in sorted(self._methods.values(), key=lambda m: m.name)]
+
+
+def _inherited_from_python(obj: Any, attr: str) -> bool:
+    """Whether ``attr`` of ``obj`` (an instance or a class) is defined by a builtin or standard-library
+    class in its MRO rather than by the application's own code."""
+    if attr in getattr(obj, "__dict__", {}) and not inspect.isclass(obj):
+        return False  # set on the instance itself
+    for klass in (obj if inspect.isclass(obj) else type(obj)).__mro__:
+        if attr in klass.__dict__:
+            top = (klass.__module__ or "").split(".")[0]
+            return top == "builtins" or top in sys.stdlib_module_names
+    return False

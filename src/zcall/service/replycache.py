@@ -33,7 +33,17 @@ IN_PROGRESS: Any = _InProgress()
 class ReplyCache:
     """Recent replies by request id, bounded by ``max_entries``, ``max_bytes`` and ``ttl`` seconds."""
 
-    __slots__ = ("max_entries", "max_bytes", "ttl", "max_waiters", "_clock", "_entries", "_bytes", "counters")
+    __slots__ = (
+        "max_entries",
+        "max_bytes",
+        "ttl",
+        "max_waiters",
+        "_clock",
+        "_entries",
+        "_running",
+        "_bytes",
+        "counters",
+    )
 
     def __init__(
         self,
@@ -49,13 +59,17 @@ class ReplyCache:
         self.max_bytes = max_bytes
         self.ttl = ttl
         self._clock = clock
-        # id -> [expires_at, frame or IN_PROGRESS, waiters (list of envelopes) or None]
+        # Completed calls, oldest first (so expiry and eviction pop from the front):
+        # id -> [expires_at, frame, None]
         self._entries: OrderedDict[Hashable, list[Any]] = OrderedDict()
+        # Calls still running: never expired (a call that runs longer than ttl is still the one a resend
+        # must join), bounded by the server's calls in flight. id -> [None, IN_PROGRESS, waiters or None]
+        self._running: dict[Hashable, list[Any]] = {}
         self._bytes = 0
         self.counters = {"hits": 0, "joined": 0, "evicted": 0, "expired": 0, "waiters_dropped": 0}
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._running)
 
     @property
     def nbytes(self) -> int:
@@ -67,14 +81,14 @@ class ReplyCache:
 
         ``rid`` is any hashable key; zcall's servers use ``(request id, method)``."""
         self._expire()
-        e = self._entries.get(rid)
-        if e is None:
-            self._entries[rid] = [self._clock() + self.ttl, IN_PROGRESS, None]
-            self._evict()
-            return None
-        if e[1] is IN_PROGRESS:
+        if rid in self._running:
             self.counters["joined"] += 1
             return IN_PROGRESS
+        e = self._entries.get(rid)
+        if e is None:
+            self._running[rid] = [None, IN_PROGRESS, None]
+            self._evict()
+            return None
         self.counters["hits"] += 1
         return e[1]
 
@@ -82,8 +96,8 @@ class ReplyCache:
         """Remember someone else to answer when the running call ``rid`` completes (a resend). At most
         ``max_waiters`` per call: False (not remembered, counted) beyond that, since any one of them
         answers the caller, and a peer resending without end must not grow memory."""
-        e = self._entries.get(rid)
-        if e is not None and e[1] is IN_PROGRESS:
+        e = self._running.get(rid)
+        if e is not None:
             if e[2] is None:
                 e[2] = []
             if len(e[2]) >= self.max_waiters:
@@ -95,27 +109,24 @@ class ReplyCache:
 
     def complete(self, rid: Hashable, frame: bytes) -> list[Any]:
         """Store the reply of ``rid``; returns the waiters that joined while it ran (to answer too)."""
-        e = self._entries.get(rid)
+        e = self._running.pop(rid, None)
         if e is None:  # evicted while running: nothing to remember it by
             return []
-        waiters = e[2] or []
-        e[0] = self._clock() + self.ttl
-        e[1] = frame
-        e[2] = None
+        self._entries[rid] = [self._clock() + self.ttl, frame, None]
         self._bytes += len(frame)
-        self._entries.move_to_end(rid)
         self._evict()
-        return waiters
+        return e[2] or []
 
     def forget(self, rid: Hashable) -> list[Any]:
         """Drop ``rid`` (refused, cancelled or cut short: a resend may run it); returns the waiters that
         had joined it (answer them as the call was answered)."""
+        e = self._running.pop(rid, None)
+        if e is not None:
+            return e[2] or []
         e = self._entries.pop(rid, None)
-        if e is None:
-            return []
-        if e[1] is not IN_PROGRESS:
+        if e is not None:
             self._bytes -= len(e[1])
-        return e[2] or []
+        return []
 
     def _expire(self) -> None:
         entries = self._entries
@@ -127,14 +138,16 @@ class ReplyCache:
             if e[0] > now:
                 break
             entries.popitem(last=False)
-            if e[1] is not IN_PROGRESS:
-                self._bytes -= len(e[1])
+            self._bytes -= len(e[1])
             self.counters["expired"] += 1
 
     def _evict(self) -> None:
-        entries = self._entries
-        while entries and (len(entries) > self.max_entries or self._bytes > self.max_bytes):
+        """Over a bound: the oldest kept replies go first; running calls only when no reply is left."""
+        entries, running = self._entries, self._running
+        while entries and (len(entries) + len(running) > self.max_entries or self._bytes > self.max_bytes):
             _rid, e = entries.popitem(last=False)
-            if e[1] is not IN_PROGRESS:
-                self._bytes -= len(e[1])
+            self._bytes -= len(e[1])
+            self.counters["evicted"] += 1
+        while len(running) > self.max_entries:
+            running.pop(next(iter(running)))
             self.counters["evicted"] += 1

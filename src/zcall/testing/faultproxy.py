@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 import zmq
 
+from ..engine.sockets import monitor_socket
 from ..protocol.wire import Kind, peek_kind
 
 __all__ = [
@@ -445,7 +446,7 @@ class FaultProxy:
         front = self._ctx.socket(zmq.ROUTER)
         front.setsockopt(zmq.LINGER, 0)
         front.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        monitor = front.get_monitor_socket(zmq.EVENT_MONITOR_STOPPED)
+        monitor = monitor_socket(front.context, front, zmq.EVENT_MONITOR_STOPPED)
         deadline = time.monotonic() + 5.0
         while True:
             try:

@@ -31,6 +31,10 @@ def split_target(target: str) -> tuple[str, str]:
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise TargetError(f"expected MODULE:ATTR (like 'myapp.services:pricing'), got {target!r}")
+    if module_name.startswith("."):
+        raise TargetError(
+            f"{module_name!r} is a relative module name: give the whole dotted name ({target!r})"
+        )
     return module_name, attr
 
 

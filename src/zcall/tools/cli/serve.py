@@ -32,10 +32,13 @@ def _build_service(obj: Any, name: str) -> Any:
         )
     if inspect.isclass(obj):
         obj = obj()  # a handler class: serve a fresh instance's public methods
-    if inspect.isfunction(obj) or inspect.isbuiltin(obj):
-        service.add(obj)
-    else:
-        service.register(obj)
+    try:
+        if inspect.isfunction(obj) or inspect.isbuiltin(obj):
+            service.add(obj)
+        else:
+            service.register(obj)
+    except (ValueError, TypeError) as exc:  # nothing to serve, or not something a method can be
+        raise UsageError(f"cannot serve {name!r}: {exc}") from None
     return service
 
 
