@@ -26,6 +26,10 @@ from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Any
 
+from ..protocol.status import StatusCode
+from ..protocol.topics import SUBSCRIBE_METHOD
+from ..protocol.wire import call_frame, ping_frame, subscribe_frame
+
 __all__ = ["PeerSubscription", "Subscription"]
 
 log = logging.getLogger("zcall.client")
@@ -367,9 +371,6 @@ class Subscriber:
         """Send this client's patterns on ``ch``'s connection (the whole set: it replaces the last)."""
         if not self._handlers and not ch.last_seq and not self._sub_kept.get(ch):
             return  # nothing subscribed there, nothing to take back
-        from ..protocol.topics import SUBSCRIBE_METHOD
-        from ..protocol.wire import call_frame, ping_frame, subscribe_frame
-
         patterns = sorted(self._handlers)
         gen = self._sub_gen[ch] = self._sub_gen.get(ch, 0) + 1
         rid = self._ids.next()
@@ -400,16 +401,12 @@ class Subscriber:
         if self._sub_gen.get(ch) != gen:
             return True  # a later subscription is on its way: its answer is the one that counts
         if error is not None:
-            from ..protocol.status import StatusCode
-
             if error.code == StatusCode.METHOD_NOT_FOUND and ch not in self._sub_legacy:
                 self._sub_legacy.add(ch)  # a server from before the acknowledgement: the old form
                 self._subscribe(ch)
                 return True
             kept: frozenset[str] = frozenset()
-            logging.getLogger("zcall.client").warning(
-                "%s refused the subscription: %s", ch.endpoint, getattr(error, "message", error)
-            )
+            log.warning("%s refused the subscription: %s", ch.endpoint, getattr(error, "message", error))
         elif ch in self._sub_legacy:
             kept = frozenset(patterns)  # the PONG after the NOTIFY: it has them
         else:
