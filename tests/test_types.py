@@ -296,6 +296,22 @@ def test_a_value_that_does_not_fit_says_where_and_what(value: Any, hint: Any, te
     assert convert(value, hint, "v", strict=False) is value  # leniently, it is kept as it came
 
 
+@dataclasses.dataclass
+class Node:
+    value: int
+    children: list[Node] = dataclasses.field(default_factory=list)
+    parent: Node | None = None
+
+
+def test_recursive_dataclasses_convert_both_ways() -> None:
+    tree = {"value": 1, "children": [{"value": 2, "parent": {"value": 0}}]}
+    node = convert(tree, Node)
+    assert node == Node(1, [Node(2, [], Node(0))])
+    assert convert(tree, Node, strict=False) == node
+    with pytest.raises(Mismatch, match=r"v\.children\[0\]\.parent: expected Node \| None, got str"):
+        convert({"value": 1, "children": [{"value": 2, "parent": "x"}]}, Node, "v")
+
+
 def test_validation_is_checked_when_registered() -> None:
     svc = zcall.Service("v", validate=True)
 

@@ -58,10 +58,20 @@ class Mismatch(Exception):
 
 
 def hint_text(hint: Any) -> str:
-    """An annotation as people write it: ``int``, ``list[str]``, ``Order``, ``int | None``."""
-    if hint is type(None):
+    """An annotation as people write it: ``int``, ``list[str]``, ``Order``, ``Order | None``."""
+    if hint is None or hint is type(None):
         return "None"
-    if isinstance(hint, type) and not typing.get_args(hint):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        return " | ".join(hint_text(a) for a in args)
+    if origin is typing.Literal:
+        return f"Literal[{', '.join(map(repr, args))}]"
+    if origin is typing.Annotated:
+        return hint_text(args[0])
+    if origin is not None and args:
+        name = getattr(origin, "__qualname__", None) or str(origin)
+        return f"{name}[{', '.join('...' if a is Ellipsis else hint_text(a) for a in args)}]"
+    if isinstance(hint, type):
         return hint.__qualname__
     return inspect.formatannotation(hint).replace("typing.", "")
 
@@ -93,6 +103,16 @@ class _Compiler:
     def __init__(self, strict: bool) -> None:
         self.strict = strict
         self._records: dict[type, Converter] = {}  # dataclasses being compiled: recursive types end here
+        self._twin: _Compiler | None = None  # the strict compiler a lenient one tries union members with
+
+    def strict_twin(self) -> _Compiler:
+        """A strict compiler sharing one cache for this one's lifetime (union members are tried
+        strictly, and a recursive dataclass must meet itself in a cache, not compile forever)."""
+        if self.strict:
+            return self
+        if self._twin is None:
+            self._twin = _Compiler(True)
+        return self._twin
 
     def fail(self, value: Any, path: str, expected: str, detail: str = "") -> Any:
         if self.strict:
@@ -223,7 +243,8 @@ class _Compiler:
 
     def union(self, hint: Any, members: tuple[Any, ...]) -> Converter:
         expected = hint_text(hint)
-        exact = [_Compiler(True).compile(m) for m in members]
+        twin = self.strict_twin()
+        exact = [twin.compile(m) for m in members]
 
         def check(value: Any, path: str) -> Any:
             converted = []
