@@ -336,3 +336,24 @@ def test_validation_is_checked_when_registered() -> None:
     with pytest.raises(zcall.Rejected):
         m.check([1], {"f": "no"})
     assert typing.get_type_hints(pos)["rest"] is int
+
+
+def test_conform_lets_a_server_that_does_not_decode_these_types_take_them_as_opaque() -> None:
+    """A malformed built-in is refused by a receiver that decodes zcall's types; one that does not
+    (another language's server) answers the call as usual, and `zcall conform` passes it either way."""
+    from types import SimpleNamespace
+
+    from zcall.tools.conform import Answer, Failed, _vector_check, load_vectors
+
+    vector = next(v for v in load_vectors() if v["name"] == "ext-uuid-15-bytes")
+    assert vector["requires"] == "zcall-types"
+
+    def run(answer: list[Any]) -> str:
+        probe = SimpleNamespace(send=lambda body: None, fence=lambda: [Answer(b"x", value=answer)])
+        return _vector_check(vector)(SimpleNamespace(probe=probe))  # type: ignore[arg-type]
+
+    assert "PROTOCOL_ERROR" in run([1, 3, 0, {"code": 4, "type": "zcall.ProtocolError", "message": ""}])
+    assert "opaque" in run([1, 2, 5, None])  # answered as a call: its types were not decoded
+    assert "opaque" in run([1, 3, 5, {"code": 2, "type": "x", "message": "no method 'f'"}])
+    with pytest.raises(Failed):
+        run([1, 3, 5, {"code": 4, "type": "zcall.ProtocolError", "message": "id 5 is not 0"}])
