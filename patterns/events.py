@@ -92,12 +92,11 @@ class Inbox:
 def subscriber(name: str, shop_endpoint: str, topic: str, inbox: Inbox) -> zcall.Peer:
     """A started peer that knows the shop and runs ``inbox`` for every event on ``topic`` from it.
 
-    Returns once the subscription has reached the shop: it travels on the same connection as
-    ``call_async``, ahead of the call made here, so the call's reply proves the shop has it.
-    """
+    Returns once the shop has the subscription: ``on()`` returns a handle that settles when the shop
+    answered it (an event published from then on is delivered)."""
     peer = zcall.Peer(name, peers={"shop": shop_endpoint}, timeout=5.0).start()
-    peer.on(topic, inbox, peer="shop")
-    peer.call_async("shop", "subscribers").result(5)
+    if not peer.on(topic, inbox, peer="shop").wait(5):
+        raise TimeoutError(f"the shop never acknowledged {name}'s subscription to {topic!r}")
     return peer
 
 

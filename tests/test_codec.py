@@ -42,16 +42,20 @@ def test_plain_values_round_trip_with_str_and_bin_kept_apart():
     assert packed == b"\x92\xa1a\xc4\x01a"  # fixstr vs bin8
 
 
-def test_tuples_and_sets_become_arrays():
+def test_tuples_become_arrays_and_sets_stay_sets():
     c = Codec()
-    assert c.unpackb(c.packb((1, 2))) == [1, 2]
-    assert sorted(c.unpackb(c.packb({3, 1, 2}))) == [1, 2, 3]
-    assert c.unpackb(c.packb(frozenset({"a"}))) == ["a"]
+    assert c.unpackb(c.packb((1, 2))) == [1, 2]  # tuples are arrays (docs/protocol.md §8 says why)
+    assert c.unpackb(c.packb({3, 1, 2})) == {1, 2, 3}  # built-in ext 103
+    assert c.unpackb(c.packb(frozenset({"a"}))) == frozenset({"a"})  # built-in ext 104
+
+
+class Opaque:
+    pass
 
 
 def test_unsendable_value_names_its_type():
-    with pytest.raises(SerializationError, match=r"decimal\.Decimal.*register_type"):
-        Codec().packb({"price": Decimal("1.5")})
+    with pytest.raises(SerializationError, match=r"test_codec\.Opaque.*register_type"):
+        Codec().packb({"thing": Opaque()})
     for n in (2**64, -(2**63) - 1):
         with pytest.raises(SerializationError, match=r"outside msgpack's range"):
             Codec().packb([n])
@@ -160,10 +164,21 @@ def test_duplicate_code_is_refused_but_re_registering_the_same_type_is_fine():
         c.register(Decimal, 7, lambda d: str(d).encode(), lambda b: Decimal(b.decode()))
 
 
-@pytest.mark.parametrize("code", [-1, -128, 128, 1000, 1.5, True, "7", None])
+@pytest.mark.parametrize("code", [-1, -128, 128, 1000, 1.5, True, "7"])
 def test_bad_ext_code_is_refused(code):
     with pytest.raises(ValueError, match=r"0\.\.127"):
         Codec().register(Point, code, point_bytes, bytes_point)
+
+
+@pytest.mark.parametrize("code", [96, 100, 127])
+def test_the_built_in_range_is_refused_to_applications(code):
+    with pytest.raises(ValueError, match=r"96\.\.127 are zcall's built-in types.*0\.\.95"):
+        Codec().register(Point, code, point_bytes, bytes_point)
+
+
+def test_encode_and_decode_need_a_code():
+    with pytest.raises(TypeError, match="go with an ext type code"):
+        Codec().register(Point, None, point_bytes, bytes_point)
 
 
 def test_decoder_raising_is_a_protocol_error():
@@ -180,15 +195,15 @@ def test_copy_is_independent():
     other.register(Decimal, 8, lambda d: str(d).encode(), lambda b: Decimal(b.decode()))
     assert (other.max_message_size, other.strict_map_key) == (1000, False)
     assert other.unpackb(other.packb(Point(1, 1))) == Point(1, 1)
-    with pytest.raises(SerializationError):
-        base.packb(Decimal("1"))
+    assert other.packb(Decimal("1")).hex() == "d40831"  # its own registration: fixext1, code 8, "1"
+    assert base.packb(Decimal("1")).hex() == "d46031"  # the built-in: code 96
 
 
 def test_register_type_uses_the_default_codec():
     class Token:
         pass
 
-    code = 126
+    code = 95
     assert code not in default_codec._by_code, "test needs a free code on the default codec"
     try:
         register_type(Token, code, lambda t: b"t", lambda b: "token")

@@ -10,8 +10,11 @@ consumes them (``Caller.stream``: the sync face pulls over REQ; the others strea
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import decimal
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -23,9 +26,17 @@ from helpers.contract import (
     CANCELLABLE_FACES,
     FACES,
     SERVER_KINDS,
+    BackOrdered,
+    Basket,
     Caller,
+    Colour,
+    Declined,
+    Item,
+    Level,
     LoopThread,
+    OutOfStock,
     State,
+    Unknown,
     caller,
     make_service,
     start_server,
@@ -112,12 +123,77 @@ def test_results_of_every_handler_kind(c: Caller) -> None:
 
 def test_handler_exception_is_remote_error_with_type_message_traceback(c: Caller) -> None:
     with pytest.raises(zcall.RemoteError) as info:
-        c.call("boom", "kaput")
+        c.call("fail", "unregistered")
     err = info.value
-    assert type(err) is zcall.RemoteError
+    assert type(err) is zcall.RemoteError  # an unregistered class is never built
     assert err.code is zcall.StatusCode.HANDLER_ERROR
-    assert err.type == "ValueError" and err.message == "kaput"
-    assert err.traceback is not None and "ValueError: kaput" in err.traceback
+    assert err.type == "helpers.contract.Unregistered" and err.message == "nobody knows me"
+    assert err.traceback is not None and "Unregistered: nobody knows me" in err.traceback
+    assert err.data is None and err.remote is err
+    with pytest.raises(ValueError) as builtin:  # a builtin handlers raise comes back as itself
+        c.call("boom", "kaput")
+    assert isinstance(builtin.value, zcall.RemoteError) and builtin.value.args == ("kaput",)
+    assert builtin.value.remote.type == "ValueError" and "ValueError: kaput" in builtin.value.remote.traceback
+
+
+def test_registered_exceptions_come_back_as_themselves(c: Caller, servers: list[Any]) -> None:
+    for method in ("fail", "afail"):  # a plain handler (pool or loop) and a coroutine
+        with pytest.raises(OutOfStock) as info:
+            c.call(method, "stock")
+        err = info.value
+        assert (err.sku, err.available, err.code) == ("widget", 3, "E-STOCK")  # its own code wins
+        assert str(err) == "widget: only 3 left" and err.args == ("widget: only 3 left",)
+        assert isinstance(err, zcall.RemoteError)
+        r = err.remote  # the record, beside the attributes of the same name
+        assert type(r) is zcall.RemoteError and r.code is zcall.StatusCode.HANDLER_ERROR
+        assert (r.type, r.message, r.method) == ("contract.OutOfStock", "widget: only 3 left", method)
+        assert r.traceback is not None and "OutOfStock: widget: only 3 left" in r.traceback
+        assert r.data == {
+            "args": ["widget: only 3 left"],
+            "attrs": {"sku": "widget", "available": 3, "code": "E-STOCK"},
+        }
+    with pytest.raises(Declined) as declined:  # a dataclass exception: its fields
+        c.call("fail", "declined")
+    assert (declined.value.reason, declined.value.amount) == ("card expired", 120)
+    assert declined.value.remote.type == "helpers.contract.Declined"  # the default name: module.qualname
+    with pytest.raises(OutOfStock) as base:  # an unregistered subclass: its nearest registered base
+        c.call("fail", "backordered")
+    assert type(base.value) is not BackOrdered and base.value.remote.type == "helpers.contract.BackOrdered"
+    assert base.value.remote.data["bases"] == ["contract.OutOfStock"] and base.value.sku == "gadget"
+    with pytest.raises(OutOfStock) as nested:  # through a nested call on another server
+        c.call("relay_fail", "stock", servers[1].endpoint)
+    assert nested.value.sku == "widget" and "in nested call 'fail'" in nested.value.remote.message
+
+
+def test_the_builtins_handlers_raise_come_back_as_themselves(c: Caller) -> None:
+    with pytest.raises(KeyError) as key:
+        c.call("fail", "key")
+    assert key.value.args == ("sku-9",) and str(key.value) == "'sku-9'"
+    with pytest.raises(PermissionError) as perm:
+        c.call("fail", "permission")
+    assert (perm.value.errno, perm.value.strerror, perm.value.filename) == (
+        13,
+        "Permission denied",
+        "/srv/stock",
+    )
+    for kind, klass in [
+        ("timeout", TimeoutError),
+        ("not-implemented", NotImplementedError),
+        ("type", TypeError),
+        ("lookup", LookupError),
+    ]:
+        with pytest.raises(klass) as info:
+            c.call("fail", kind)
+        assert type(info.value).__mro__[1] is klass and isinstance(info.value, zcall.RemoteError), kind
+        assert not isinstance(info.value, zcall.CallTimeout)  # a TimeoutError the handler raised is not ours
+
+
+def test_an_exception_that_cannot_be_rebuilt_stays_a_remote_error(c: Caller) -> None:
+    with pytest.raises(zcall.RemoteError) as info:
+        c.call("fail", "fragile")
+    err = info.value
+    assert type(err) is zcall.RemoteError and err.type == "contract.Fragile"
+    assert err.data == {"args": ["handle with care"], "attrs": {"level": 2}}
 
 
 def test_unknown_and_private_methods_are_not_found_with_close_matches(c: Caller) -> None:
@@ -141,12 +217,12 @@ CODE_CLASSES = [
     (zcall.StatusCode.HANDLER_ERROR, zcall.RemoteError),
     (zcall.StatusCode.METHOD_NOT_FOUND, zcall.MethodNotFound),
     (zcall.StatusCode.INVALID_ARGUMENTS, zcall.InvalidArguments),
-    (zcall.StatusCode.PROTOCOL_ERROR, zcall.RemoteError),
-    (zcall.StatusCode.UNSUPPORTED_VERSION, zcall.RemoteError),
+    (zcall.StatusCode.PROTOCOL_ERROR, zcall.errors.RemoteProtocolError),
+    (zcall.StatusCode.UNSUPPORTED_VERSION, zcall.errors.RemoteProtocolError),
     (zcall.StatusCode.DEADLINE_EXCEEDED, zcall.DeadlineExceeded),
     (zcall.StatusCode.OVERLOADED, zcall.ServerBusy),
     (zcall.StatusCode.CANCELLED, zcall.RemoteError),
-    (zcall.StatusCode.MESSAGE_TOO_LARGE, zcall.RemoteError),
+    (zcall.StatusCode.MESSAGE_TOO_LARGE, zcall.errors.RemoteMessageTooLarge),
     (zcall.StatusCode.UNAVAILABLE, zcall.ServerBusy),
     (zcall.StatusCode.INTERNAL, zcall.RemoteError),
     (zcall.StatusCode.PERMISSION_DENIED, zcall.PermissionDenied),
@@ -165,6 +241,148 @@ def test_every_status_code_arrives_as_its_class(c: Caller) -> None:
     # DeadlineExceeded is a timeout too: the call ran out of time, whoever noticed
     with pytest.raises(zcall.CallTimeout):
         c.call("refuse", int(zcall.StatusCode.DEADLINE_EXCEEDED))
+    # and a refusal of the request itself is a protocol error too, so the local classes catch it
+    for code, klass in [
+        (zcall.StatusCode.PROTOCOL_ERROR, zcall.ProtocolError),
+        (zcall.StatusCode.UNSUPPORTED_VERSION, zcall.ProtocolError),
+        (zcall.StatusCode.MESSAGE_TOO_LARGE, zcall.MessageTooLarge),
+    ]:
+        with pytest.raises(klass):
+            c.call("refuse", int(code))
+
+
+# -- types ---------------------------------------------------------------------------------------------
+
+BASKET = Basket(
+    uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    [Item("widget", 2, Colour.BLUE, Level.HIGH, (3, 4)), Item("gadget", 1)],
+    decimal.Decimal("19.90"),
+    frozenset({"gift"}),
+    dt.date(2024, 2, 29),
+)
+
+
+def test_the_built_in_types_round_trip(c: Caller) -> None:
+    values = [
+        decimal.Decimal("12.50"),
+        decimal.Decimal("-1E+3"),
+        uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        dt.date(2024, 2, 29),
+        dt.time(23, 59, 58, 999999),
+        dt.time(8, 30, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
+        dt.timedelta(days=-1, seconds=5, microseconds=7),
+        dt.datetime(2024, 1, 2, 3, 4, 5, 123456, tzinfo=dt.UTC),
+        {1, "two", (3, 4)},
+        frozenset({"a", "b"}),
+        Colour.BLUE,
+        BASKET,
+    ]
+    for value in values:
+        back = c.call("echo", value)
+        assert back == value and type(back) is type(value), (value, back)
+    back = c.call("echo", BASKET)
+    assert back.items[0].size == (3, 4) and back.items[0].level is Level.HIGH  # by the annotations
+    assert type(back.tags) is frozenset and back.items[0].colour is Colour.BLUE
+    # what has no type in msgpack, and no class on the receiver, arrives as plain data
+    assert c.call("echo", (1, 2)) == [1, 2]  # a tuple is an array (docs/protocol.md §8)
+    assert c.call("echo", Level.HIGH) == 2 and c.call("echo", Unknown(7)) == {"a": 7}
+
+
+def test_validated_arguments_convert_or_name_the_parameter(c: Caller) -> None:
+    plain = {  # what a client in another language sends: maps, arrays, strings
+        "id": "12345678-1234-5678-1234-567812345678",
+        "items": [{"sku": "widget", "qty": 2, "colour": "blue", "size": [3, 4]}],
+        "total": "19.90",
+        "tags": ["gift"],
+    }
+    got = c.call("checkout", plain, coupons=["X1", "Y2"], n=3)
+    assert got["kinds"] == ["Basket", "Item"] and got["coupons"] == ["X1", "Y2"]
+    assert got["coupons_type"] == "tuple" and got["extra"] == {"n": 3}
+    assert got["basket"].items[0] == Item("widget", 2, Colour.BLUE, Level.LOW, (3, 4))
+    assert got["basket"].total == decimal.Decimal("19.90") and got["basket"].tags == frozenset({"gift"})
+    assert c.call("checkout", BASKET)["basket"] == BASKET  # a Basket is a Basket
+    for bad, args, kwargs in [
+        (
+            {"parameter": "basket", "path": "basket.items[0].qty", "expected": "int", "got": "str"},
+            [{**plain, "items": [{"sku": "w", "qty": "2"}]}],
+            {},
+        ),
+        ({"parameter": "basket", "path": "basket", "expected": "Basket", "got": "str"}, ["basket"], {}),
+        (
+            {"parameter": "coupons", "path": "coupons[1]", "expected": "str", "got": "int"},
+            [plain],
+            {"coupons": ["ok", 7]},
+        ),
+        (
+            {"parameter": "extra", "path": "extra['n']", "expected": "int", "got": "float"},
+            [plain],
+            {"n": 1.5},
+        ),
+    ]:
+        with pytest.raises(zcall.InvalidArguments) as info:
+            c.call("checkout", *args, **kwargs)
+        assert info.value.data == bad
+        assert f"bad argument {bad['parameter']!r} for checkout(" in info.value.message
+    with pytest.raises(zcall.InvalidArguments) as missing:
+        c.call("checkout", {"id": plain["id"], "items": []})
+    assert "missing field 'total'" in missing.value.message
+
+
+# -- what the server would refuse, refused by the client -------------------------------------------
+
+
+def test_a_message_too_large_is_refused_by_the_server_then_by_the_client(
+    face: str, kind: str, service: zcall.Service, loop: LoopThread, bind_endpoint: str
+) -> None:
+    limit = 64 * 1024
+    server = start_server(kind, service, bind_endpoint, codec=zcall.Codec(max_message_size=limit))
+    try:
+        with caller(face, server.endpoint, loop, timeout=5.0, retries=0) as c:
+            big = b"x" * (limit + 1000)
+            # the first call: this client does not know the server's limit yet, the server refuses it
+            with pytest.raises(zcall.MessageTooLarge) as first:
+                c.call("echo", big)
+            assert isinstance(first.value, zcall.RemoteError)  # the server said so (id 0, matched by size)
+            assert first.value.code is zcall.StatusCode.MESSAGE_TOO_LARGE
+            assert first.value.limit == limit and first.value.size > limit
+            # from then on the client knows it (the handshake, or that answer) and sends nothing
+            with pytest.raises(zcall.MessageTooLarge) as second:
+                c.call("echo", big)
+            assert not isinstance(second.value, zcall.RemoteError)
+            assert (second.value.limit, second.value.size) == (limit, first.value.size)
+            assert "not sent" in str(second.value) and str(limit) in str(second.value)
+            assert c.call("echo", b"x" * 1000) == b"x" * 1000  # a call under the limit goes
+    finally:
+        server.stop(0.5)
+
+
+def test_exceptions_and_types_cross_both_transports(
+    face: str, kind: str, service: zcall.Service, loop: LoopThread, bind_endpoint: str
+) -> None:
+    server = start_server(kind, service, bind_endpoint)
+    try:
+        with caller(face, server.endpoint, loop, timeout=5.0) as c:
+            with pytest.raises(OutOfStock) as info:
+                c.call("afail", "stock")
+            assert info.value.sku == "widget" and isinstance(info.value, zcall.RemoteError)
+            assert c.call("echo", BASKET) == BASKET
+            plain = {"id": str(BASKET.id), "items": [], "total": "1"}
+            assert c.call("checkout", plain)["kinds"][0] == "Basket"
+    finally:
+        server.stop(0.5)
+
+
+def test_a_map_key_that_is_not_a_str_is_a_clear_local_error(c: Caller) -> None:
+    for args, kwargs, where in [
+        (({1: "a"},), {}, "args[0]"),
+        ((), {"counts": {"ok": [{7: 1}]}}, "kwargs['counts']['ok'][0]"),
+    ]:
+        with pytest.raises(zcall.SerializationError) as info:
+            c.call("echo", *args, **kwargs)
+        text = str(info.value)
+        assert f"a map key at {where} is of type int" in text, text
+        assert "str(k)" in text and "strict_map_key=False" in text  # the two ways out
+    assert c.call("echo", {"1": "a"}) == {"1": "a"}
 
 
 # -- timeout is the whole call's budget ------------------------------------------------------------
@@ -427,8 +645,8 @@ def test_a_producer_that_raises_ends_the_stream_after_its_items_with_a_calls_err
             got.append(x)
     assert got == [0, 1, 2]  # what was delivered before the error, all of it
     err = info.value
-    assert type(err) is zcall.RemoteError and err.code is zcall.StatusCode.HANDLER_ERROR
-    assert err.type == "ValueError" and err.message == "kaput"
+    assert isinstance(err, ValueError) and err.code is zcall.StatusCode.HANDLER_ERROR  # as a call's: rebuilt
+    assert err.type == "ValueError" and err.message == "kaput" and err.args == ("kaput",)
     assert err.traceback is not None and "ValueError: kaput" in err.traceback
 
 

@@ -15,6 +15,8 @@ from zcall.errors import (
     MethodNotFound,
     ProtocolError,
     RemoteError,
+    RemoteMessageTooLarge,
+    RemoteProtocolError,
     SerializationError,
     ServerBusy,
 )
@@ -354,7 +356,9 @@ def test_error_record_from_exception_names_the_type():
         (StatusCode.OVERLOADED, ServerBusy),
         (StatusCode.UNAVAILABLE, ServerBusy),
         (StatusCode.DEADLINE_EXCEEDED, DeadlineExceeded),
-        (StatusCode.PROTOCOL_ERROR, RemoteError),
+        (StatusCode.PROTOCOL_ERROR, RemoteProtocolError),
+        (StatusCode.UNSUPPORTED_VERSION, RemoteProtocolError),
+        (StatusCode.MESSAGE_TOO_LARGE, RemoteMessageTooLarge),
     ],
 )
 def test_record_to_exception_picks_the_class_by_code(code, cls):

@@ -336,9 +336,19 @@ def test_a_rep_server_acks_zcall_subscribe() -> None:
         assert c.recv_body() == b""
 
 
-def test_zcall_subscribe_as_a_call_is_not_found() -> None:
-    with served("async") as srv, raw(zmq.DEALER, srv.endpoint) as c:
-        assert code_of(c.ask(body(CALL, 1, "zcall.subscribe", [["*"]]))) == StatusCode.METHOD_NOT_FOUND
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_zcall_subscribe_as_a_call_is_answered_with_the_patterns_kept(kind: str) -> None:
+    """The acknowledged form (§7): a ROUTER server keeps the str patterns it was sent, bounded, and says
+    which, after it has them; a REP server keeps none (it cannot push)."""
+    with served(kind) as srv, raw(client_socket(kind), srv.endpoint) as c:
+        answer = c.ask(body(CALL, 1, "zcall.subscribe", [["t.*", 7, "x" * 300, "u"]]))
+        assert isinstance(answer, Reply) and answer.id == 1
+        assert answer.result == (["t.*", "u"] if kind == "async" else [])
+        if kind == "async":
+            srv.publish("t.1", 1)  # published after the answer: delivered
+            assert next_event(c).topic == "t.1"
+        gone = c.ask(body(CALL, 2, "zcall.subscribe", [[]]))
+        assert isinstance(gone, Reply) and gone.result == []
 
 
 # -- section 5: status codes and what clients raise ----------------------------------------------------

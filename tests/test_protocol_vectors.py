@@ -6,16 +6,21 @@ Vectors that describe behaviour the code does not have yet are skipped, with a r
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import decimal
+import enum
 import json
 import os
 import pathlib
 import struct
+import uuid
 from typing import Any
 
 import msgpack
 import pytest
 
+import zcall
 from zcall.errors import MessageTooLarge, ProtocolError
 from zcall.protocol import wire as protocol
 from zcall.protocol.codec import Codec, default_codec
@@ -45,6 +50,28 @@ NEGATIVE = [v for v in VECTORS if "error" in v]
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 NEST_MIN = 64  # a chain of at least this many one-item arrays is written {"$nest": ...}
 
+
+class Size(enum.Enum):
+    """The enum the vectors name "shop.Size" (registered under that name, so it is rebuilt)."""
+
+    S = "s"
+    M = "m"
+
+
+@dataclasses.dataclass
+class Line:
+    """The dataclass the vectors name "shop.Line"."""
+
+    sku: str
+    qty: int
+    size: Size = Size.M
+
+
+NAMED: dict[str, type] = {"shop.Size": Size, "shop.Line": Line}
+for _name, _cls in NAMED.items():
+    zcall.register_type(_cls, name=_name)
+WIRE_NAMES = {cls: name for name, cls in NAMED.items()}
+
 # Vectors for behaviour decided in docs/protocol.md that the code does not have yet: name -> why skipped.
 PENDING: dict[str, str] = {}
 RUN_PENDING = os.environ.get("ZCALL_RUN_PENDING") == "1"
@@ -72,6 +99,24 @@ def from_json(v: Any) -> Any:
                 return EPOCH + dt.timedelta(seconds=x["seconds"], microseconds=x["nanoseconds"] // 1000)
             if tag == "$ext":
                 return msgpack.ExtType(x["code"], bytes.fromhex(x["data"]))
+            if tag == "$decimal":
+                return decimal.Decimal(x)
+            if tag == "$uuid":
+                return uuid.UUID(x)
+            if tag == "$date":
+                return dt.date.fromisoformat(x)
+            if tag == "$time":
+                return dt.time.fromisoformat(x)
+            if tag == "$timedelta":
+                return dt.timedelta(*x)
+            if tag == "$set":
+                return {_hashable(from_json(y)) for y in x}
+            if tag == "$frozenset":
+                return frozenset(_hashable(from_json(y)) for y in x)
+            if tag == "$enum":
+                return NAMED[x["name"]](from_json(x["value"]))
+            if tag == "$record":
+                return NAMED[x["name"]](**{k: from_json(y) for k, y in x["fields"].items()})
             if tag == "$map":
                 return {from_json(k): from_json(y) for k, y in x}
             if tag == "$nest":
@@ -85,10 +130,35 @@ def from_json(v: Any) -> Any:
     return v
 
 
+def _hashable(v: Any) -> Any:
+    return tuple(_hashable(x) for x in v) if isinstance(v, list) else v
+
+
 def to_json(v: Any) -> Any:
     """A decoded Python value -> the tagged JSON form used in the vectors."""
+    if isinstance(v, enum.Enum):
+        return {"$enum": {"name": WIRE_NAMES[type(v)], "value": to_json(v.value)}}
     if isinstance(v, bool) or v is None or isinstance(v, (int, str)):
         return v
+    if isinstance(v, tuple) and not isinstance(v, msgpack.ExtType):  # only inside a set: an array there
+        return [to_json(x) for x in v]
+    if isinstance(v, decimal.Decimal):
+        return {"$decimal": str(v)}
+    if isinstance(v, uuid.UUID):
+        return {"$uuid": str(v)}
+    if isinstance(v, dt.timedelta):
+        return {"$timedelta": [v.days, v.seconds, v.microseconds]}
+    if isinstance(v, dt.time):
+        return {"$time": v.isoformat()}
+    if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
+        return {"$date": v.isoformat()}
+    if isinstance(v, frozenset):
+        return {"$frozenset": [to_json(x) for x in v]}
+    if isinstance(v, set):
+        return {"$set": [to_json(x) for x in v]}
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        fields = {f.name: to_json(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        return {"$record": {"name": WIRE_NAMES[type(v)], "fields": fields}}
     if isinstance(v, list):
         depth, inner = 0, v
         while type(inner) is list and len(inner) == 1:
@@ -312,6 +382,14 @@ HAND_CHECKED = {
     "cancel": "93 01 08 cf 9e3779b900000002",
     # fixarray(3) | 1 | PING | uint64 2**64-1
     "max-id": "93 01 06 cf ffffffffffffffff",
+    # fixarray(4) | 1 | REPLY | id 20 | ext8 len 5 type 96 | "12.50"
+    "reply-decimal": "94 01 02 14 c7 05 60 31322e3530",
+    # fixarray(4) | 1 | REPLY | id 21 | fixext16 type 97 | the UUID's 16 bytes
+    "reply-uuid": "94 01 02 15 d8 61 12345678123456781234567812345678",
+    # fixarray(4) | 1 | REPLY | id 24 | fixext4 type 100 | fixarray(3) [-1 (negative fixint), 5, 7]
+    "reply-timedelta": "94 01 02 18 d6 64 93 ff 05 07",
+    # fixarray(4) | 1 | REPLY | id 27 | ext8 len 13 type 101 | fixarray(2) [fixstr(9) "shop.Size", "m"]
+    "reply-enum": "94 01 02 1b c7 0d 65 92 a9 73686f702e53697a65 a1 6d",
 }
 
 

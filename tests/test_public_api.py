@@ -39,6 +39,7 @@ def test_public_exports_are_pinned():
             "SyncServer",
             "ZcallError",
             "current_call",
+            "register_error",
             "register_type",
         ]
     )

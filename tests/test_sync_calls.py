@@ -39,7 +39,8 @@ def test_handler_exception_becomes_remote_error_with_details(client: zcall.SyncC
     with pytest.raises(zcall.RemoteError) as info:
         client.call("boom", "kaput 123")
     err = info.value
-    assert type(err) is zcall.RemoteError
+    assert isinstance(err, ValueError) and err.args == ("kaput 123",)  # a builtin comes back as itself
+    assert type(err.remote) is zcall.RemoteError  # ... and the record beside it
     assert err.code is zcall.StatusCode.HANDLER_ERROR
     assert err.type == "ValueError"
     assert err.message == "kaput 123"
@@ -47,7 +48,8 @@ def test_handler_exception_becomes_remote_error_with_details(client: zcall.SyncC
     assert err.traceback is not None
     assert "ValueError: kaput 123" in err.traceback
     assert "services.py" in err.traceback and "in boom" in err.traceback
-    assert "boom" in str(err) and "HANDLER_ERROR" in str(err)
+    assert str(err) == "kaput 123"  # as the ValueError printed it
+    assert "boom" in str(err.remote) and "HANDLER_ERROR" in str(err.remote)
     assert client.call("double", 1) == 2  # the server keeps serving
 
 

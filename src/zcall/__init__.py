@@ -8,6 +8,7 @@ from .client.asynchronous import AsyncClient
 from .client.core import OutgoingCall
 from .client.interceptors import ClientInterceptor
 from .client.sync import SyncClient
+from .error_registry import register_error
 from .errors import (
     AuthenticationFailed,
     Backpressure,
@@ -71,5 +72,6 @@ __all__ = [
     "SyncServer",
     "ZcallError",
     "current_call",
+    "register_error",
     "register_type",
 ]

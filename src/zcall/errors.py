@@ -7,11 +7,14 @@
     │   ├── PermissionDenied        the callee refused this caller (an allow-list or another interceptor)
     │   ├── ServerBusy              the callee refused the call: at its concurrency limit or stopping
     │   ├── StreamsUnsupported      the callee cannot open this stream (no streams, or not this kind)
-    │   └── DeadlineExceeded        the callee dropped the call unstarted: its deadline had passed
-    │                               (also a CallTimeout: the call ran out of time)
+    │   ├── DeadlineExceeded        the callee dropped the call unstarted: its deadline had passed
+    │   │                           (also a CallTimeout: the call ran out of time)
+    │   └── RemoteProtocolError     the callee could not read the request (also a ProtocolError)
+    │       └── RemoteMessageTooLarge   ... because it was too large (also a MessageTooLarge)
     ├── CallTimeout                 no reply in time (also a TimeoutError); names endpoints and attempts
     ├── ProtocolError               bytes that are not a valid zcall message (also a ValueError)
-    │   └── MessageTooLarge         a frame over the configured size limit
+    │   └── MessageTooLarge         a message over a size limit (.size, .limit): refused before sending,
+    │                               or by the receiver
     ├── SerializationError          a value msgpack cannot carry (also a TypeError)
     ├── Backpressure                too many calls in flight on this client: slow down or raise the limit
     ├── ConnectionLost              the server's connection dropped with the call pending (it may have run)
@@ -23,6 +26,13 @@
 
 ``RemoteError`` subclasses are chosen from the wire status code by ``error_for_record``, the one map from
 code to class, so ``except zcall.MethodNotFound`` works the same on every client face and server kind.
+A refusal of the request itself is both remote and a protocol error: ``PROTOCOL_ERROR`` and
+``UNSUPPORTED_VERSION`` arrive as ``RemoteProtocolError`` (a ``RemoteError`` and a ``ProtocolError``),
+``MESSAGE_TOO_LARGE`` as ``RemoteMessageTooLarge`` (also a ``MessageTooLarge``).
+
+A handler's exception (``HANDLER_ERROR``) whose class is registered (``zcall.register_error``, and the
+builtins handlers commonly raise) is rebuilt as itself: an instance of that class *and* of
+``RemoteError``, whose ``.remote`` holds the record's fields (zcall.error_registry says how).
 """
 
 from __future__ import annotations
@@ -46,6 +56,8 @@ __all__ = [
     "ProtocolError",
     "Rejected",
     "RemoteError",
+    "RemoteMessageTooLarge",
+    "RemoteProtocolError",
     "SerializationError",
     "ServerBusy",
     "StreamsUnsupported",
@@ -69,6 +81,7 @@ class RemoteError(ZcallError):
     traceback: str | None
     data: Any
     method: str | None
+    _remote: RemoteError | None = None
 
     def __init__(
         self,
@@ -95,6 +108,15 @@ class RemoteError(ZcallError):
     def __str__(self) -> str:
         where = f" in {self.method!r}" if self.method else ""
         return f"{self.type}{where}: {self.message} [{self.code.name}]"
+
+    @property
+    def remote(self) -> RemoteError:
+        """The error record as read: ``code``, ``type``, ``message``, ``traceback``, ``data``, ``method``.
+
+        This error itself, except for a rebuilt registered exception: its own attributes may reuse those
+        names (an ``OutOfStock`` with a ``code`` of its own), so the record's fields live beside it, in a
+        plain ``RemoteError``. Code that handles any remote error reads ``exc.remote.code``."""
+        return self._remote if self._remote is not None else self
 
     @classmethod
     def from_record(cls, record: Any, method: str | None = None) -> RemoteError:
@@ -186,7 +208,37 @@ class ProtocolError(ZcallError, ValueError):
 
 
 class MessageTooLarge(ProtocolError):
-    """A frame larger than the configured ``max_message_size``; refused before decoding."""
+    """A message larger than a ``max_message_size``: ``size`` and ``limit`` in bytes (None when unknown).
+
+    Raised by a client that refuses to send a call the server would refuse (its limit is known from the
+    server's handshake, else the client's own), by a decoder refusing a frame before reading it, and, as
+    ``RemoteMessageTooLarge``, for a server's ``MESSAGE_TOO_LARGE`` answer."""
+
+    size: int | None = None
+    limit: int | None = None
+
+    def __init__(self, message: str, *, size: int | None = None, limit: int | None = None) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(message)
+
+
+class RemoteProtocolError(RemoteError, ProtocolError):
+    """The callee could not read the request (``PROTOCOL_ERROR``) or does not speak its version
+    (``UNSUPPORTED_VERSION``): remote, and a ``ProtocolError``."""
+
+
+class RemoteMessageTooLarge(RemoteProtocolError, MessageTooLarge):
+    """The callee refused the request as too large (``MESSAGE_TOO_LARGE``); ``size`` and ``limit`` come
+    from the record's ``data`` (``{"size": n, "limit": m}``) when the callee sent them."""
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        RemoteError.__init__(self, message, **fields)
+        data = self.data
+        if isinstance(data, dict):
+            size, limit = data.get("size"), data.get("limit")
+            self.size = size if type(size) is int else None
+            self.limit = limit if type(limit) is int else None
 
 
 class SerializationError(ZcallError, TypeError):
@@ -255,6 +307,9 @@ _BY_CODE: dict[int, type[RemoteError]] = {
     StatusCode.UNAVAILABLE: ServerBusy,
     StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     StatusCode.PERMISSION_DENIED: PermissionDenied,
+    StatusCode.PROTOCOL_ERROR: RemoteProtocolError,
+    StatusCode.UNSUPPORTED_VERSION: RemoteProtocolError,
+    StatusCode.MESSAGE_TOO_LARGE: RemoteMessageTooLarge,
 }
 
 _WIRE_TYPE: dict[int, str] = {
@@ -303,4 +358,9 @@ def error_for_record(
     }
     if klass is DeadlineExceeded:
         kwargs.update(endpoints=[endpoint] if endpoint else [], attempts=attempts, elapsed=elapsed)
-    return klass(str(record.get("message", "")), **kwargs)
+    err = klass(str(record.get("message", "")), **kwargs)
+    if code == StatusCode.HANDLER_ERROR:  # the handler raised: its class, if registered, comes back
+        from .error_registry import rebuild  # the error path only: nothing to import for a result
+
+        return rebuild(err)
+    return err

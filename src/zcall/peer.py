@@ -22,6 +22,7 @@ from .client.asynchronous import AsyncClient
 from .client.interceptors import ClientInterceptor
 from .client.proxy import AsyncProxy, FutureProxy, SyncProxy
 from .client.streams import AsyncStream, BlockingStream
+from .client.subscriptions import PeerSubscription
 from .client.sync import SyncClient
 from .engine.loop import on_loop, run_on, running_loop
 from .engine.sockets import DEFAULT_BIND, default_context, normalize_endpoints
@@ -85,7 +86,7 @@ class Peer(Lifecycle):
         self._directory: dict[str, list[str]] = {}
         self._sync_clients: dict[str, SyncClient] = {}
         self._async_clients: dict[str, AsyncClient] = {}
-        self._subscriptions: list[tuple[str, Callable[[str, Any], Any], str | None]] = []
+        self._subscriptions: list[tuple[str, Callable[[str, Any], Any], str | None, PeerSubscription]] = []
         self._lock = threading.RLock()
         self._server: AsyncServer | None = None
         self._sync_server: SyncServer | None = None
@@ -236,7 +237,7 @@ class Peer(Lifecycle):
             old_sync.close()
         if old_async is not None:
             old_async.close()
-        if any(p in (None, name) for _, _, p in self._subscriptions):
+        if any(p in (None, name) for _, _, p, _ in self._subscriptions):
             self.client(name)  # subscriptions follow the peer to its (new) address, started or not
 
     @property
@@ -296,12 +297,14 @@ class Peer(Lifecycle):
             moved = self._directory.get(name) != eps
             if winner is None and not moved:
                 self._async_clients[name] = c
-                subs = [(t, h) for t, h, only in self._subscriptions if only is None or only == name]
+                subs = [
+                    (t, h, agg) for t, h, only, agg in self._subscriptions if only is None or only == name
+                ]
         if winner is not None or moved:  # another thread made one, or connect() moved the peer meanwhile
             c.close()
             return winner if winner is not None else self.client(name)
-        for topic, handler in subs:
-            c.on(topic, handler)
+        for topic, handler, agg in subs:
+            agg._add(name, c.on(topic, handler))
         return c
 
     def sync_client(self, name: str) -> SyncClient:
@@ -406,17 +409,28 @@ class Peer(Lifecycle):
             raise RuntimeError(f"peer {self.name!r} is not started")
         self._server.publish(topic, payload)
 
-    def on(self, topic: str, handler: Callable[[str, Any], Any], *, peer: str | None = None) -> None:
-        """Run ``handler(topic, payload)`` for events on ``topic`` (``"orders.*"``) from one or all peers."""
+    def on(
+        self, topic: str, handler: Callable[[str, Any], Any], *, peer: str | None = None
+    ) -> PeerSubscription:
+        """Run ``handler(topic, payload)`` for events on ``topic`` (``"orders.*"``) from one peer, or from
+        every peer it knows (those connected later included); returns the handle to wait on until every
+        one of them has the subscription (``sub.wait(5)``, ``await sub``) and to unsubscribe with."""
+        agg = PeerSubscription(topic, handler)
+        agg._on_unsubscribe = self._unsubscribed
         with self._lock:
-            self._subscriptions.append((topic, handler, peer))
+            self._subscriptions.append((topic, handler, peer, agg))
             names = [peer] if peer is not None else list(self._directory)
-            existing = [self._async_clients[n] for n in names if n in self._async_clients]
+            existing = [(n, self._async_clients[n]) for n in names if n in self._async_clients]
             missing = [n for n in names if n not in self._async_clients]
-        for c in existing:
-            c.on(topic, handler)
+        for n, c in existing:
+            agg._add(n, c.on(topic, handler))
         for n in missing:
             self.client(n)  # a new client takes every recorded subscription, this one included
+        return agg
+
+    def _unsubscribed(self, agg: PeerSubscription) -> None:
+        with self._lock:
+            self._subscriptions = [s for s in self._subscriptions if s[3] is not agg]
 
     # -- introspection -----------------------------------------------------------------------------
 

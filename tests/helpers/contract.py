@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
+import datetime as dt
+import decimal
+import enum
 import queue
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +28,117 @@ SERVER_KINDS = ["rep", "router", "peer"]
 FACES = ["sync", "asyncio", "callback", "peer", "peer-async"]
 CANCELLABLE_FACES = {"asyncio", "callback", "peer-async"}
 ASYNC_FACES = {"asyncio", "callback", "peer-async"}
+
+
+# -- exceptions that cross the wire as themselves --------------------------------------------------------
+
+
+@zcall.register_error(name="contract.OutOfStock")
+class OutOfStock(Exception):
+    """A registered exception whose constructor takes what its message does not hold."""
+
+    def __init__(self, sku: str, available: int) -> None:
+        super().__init__(f"{sku}: only {available} left")
+        self.sku = sku
+        self.available = available
+        self.code = "E-STOCK"  # the same name as RemoteError's field: the class's own value wins
+
+
+class BackOrdered(OutOfStock):
+    """Not registered: its nearest registered base (OutOfStock) comes back."""
+
+
+@zcall.register_error
+@dataclasses.dataclass
+class Declined(Exception):
+    """A dataclass exception, registered under its default name (module.qualname)."""
+
+    reason: str
+    amount: int
+
+
+@zcall.register_error(name="contract.Fragile")
+class Fragile(Exception):
+    """Its data cannot be set back (a read-only property): the caller gets a plain RemoteError."""
+
+    @property
+    def level(self) -> int:
+        return 1
+
+    def __zcall_data__(self) -> dict[str, Any]:
+        return {"level": 2}
+
+
+class Unregistered(Exception):
+    """Not registered, nor any base: a RemoteError with type, message, traceback and code."""
+
+
+def raise_error(kind: str) -> None:
+    """What the contract service's ``fail`` handler raises, by name."""
+    if kind == "stock":
+        raise OutOfStock("widget", 3)
+    if kind == "backordered":
+        raise BackOrdered("gadget", 0)
+    if kind == "declined":
+        raise Declined("card expired", 120)
+    if kind == "fragile":
+        raise Fragile("handle with care")
+    if kind == "unregistered":
+        raise Unregistered("nobody knows me")
+    if kind == "key":
+        raise KeyError("sku-9")
+    if kind == "permission":
+        raise PermissionError(13, "Permission denied", "/srv/stock")
+    if kind == "timeout":
+        raise TimeoutError("the warehouse is slow")
+    if kind == "not-implemented":
+        raise NotImplementedError("returns")
+    if kind == "type":
+        raise TypeError("expected a sku")
+    if kind == "lookup":
+        raise LookupError("no such aisle")
+    raise ValueError(kind)
+
+
+# -- types that cross the wire as themselves ------------------------------------------------------------
+
+
+@zcall.register_type
+class Colour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+@zcall.register_type(name="contract.Item")
+@dataclasses.dataclass(frozen=True)
+class Item:
+    sku: str
+    qty: int
+    colour: Colour = Colour.RED
+    level: Level = Level.LOW  # an IntEnum travels as its int: the annotation makes it a member again
+    size: tuple[int, int] = (1, 1)  # a tuple travels as an array: the annotation makes it a tuple again
+
+
+@zcall.register_type
+@dataclasses.dataclass
+class Basket:
+    id: uuid.UUID
+    items: list[Item]
+    total: decimal.Decimal
+    tags: frozenset[str] = frozenset()
+    placed: dt.date | None = None
+
+
+@dataclasses.dataclass
+class Unknown:
+    """Never registered: it travels (by name), and arrives as its fields."""
+
+    a: int
 
 
 # -- the service every server kind serves --------------------------------------------------------------
@@ -120,6 +236,31 @@ def make_service(state: State) -> zcall.Service:
     @svc.method
     def lookup(key: str) -> Any:
         return {"a": 1}[key]
+
+    @svc.method
+    def fail(kind: str) -> None:
+        raise_error(kind)
+
+    @svc.method(validate=True)
+    def checkout(basket: Basket, *, coupons: tuple[str, ...] = (), **extra: int) -> dict[str, Any]:
+        """Checked against its annotations: maps become the dataclasses they name, arrays tuples."""
+        return {
+            "basket": basket,
+            "kinds": [type(basket).__name__, type(basket.items[0]).__name__ if basket.items else None],
+            "coupons": coupons,
+            "coupons_type": type(coupons).__name__,
+            "extra": extra,
+        }
+
+    @svc.method
+    async def afail(kind: str) -> None:
+        raise_error(kind)
+
+    @svc.method
+    def relay_fail(kind: str, hop: str) -> None:
+        """Call ``fail`` on another server and let its exception through (a nested call)."""
+        with zcall.SyncClient(hop, timeout=5.0) as c:
+            c.call("fail", kind)
 
     @svc.method(inline=True)
     def refuse(code: int, message: str = "refused") -> None:
@@ -316,14 +457,15 @@ def make_service(state: State) -> zcall.Service:
 # -- servers ---------------------------------------------------------------------------------------------
 
 
-def start_server(kind: str, service: zcall.Service, **kw: Any) -> Any:
-    """A started server of ``kind`` (``rep``, ``router``, ``peer``) for ``service``; ``.stop(grace)`` it."""
+def start_server(kind: str, service: zcall.Service, endpoint: str = "tcp://127.0.0.1:*", **kw: Any) -> Any:
+    """A started server of ``kind`` (``rep``, ``router``, ``peer``) for ``service``, bound to ``endpoint``
+    (tcp on a free port by default); ``.stop(grace)`` it."""
     if kind == "rep":
-        return zcall.SyncServer(service, **kw).start()
+        return zcall.SyncServer(service, endpoint, **kw).start()
     if kind == "router":
-        return zcall.AsyncServer(service, workers=8, **kw).start()
+        return zcall.AsyncServer(service, endpoint, workers=8, **kw).start()
     if kind == "peer":
-        return zcall.Peer("server", service, workers=8, **kw).start()
+        return zcall.Peer("server", service, bind=endpoint, workers=8, **kw).start()
     raise ValueError(kind)
 
 

@@ -65,13 +65,13 @@ from ..protocol.wire import (
     ping_frame,
     reply_fields,
     reply_fields_of,
-    subscribe_frame,
 )
 from .core import DEFAULT_TIMEOUT, CallOptions, ClientCore, OutgoingCall
 from .futures import CallFuture
 from .interceptors import ClientInterceptor
 from .proxy import AsyncProxy, FutureProxy
 from .streams import AsyncStream, BlockingStream, StreamingClient
+from .subscriptions import Subscriber
 
 if TYPE_CHECKING:
     from ..security import ClientSecurity
@@ -98,9 +98,10 @@ class _OneWay:
         self.deadline = deadline
 
 
-class AsyncClient(StreamingClient, ClientCore, ChannelEvents):
+class AsyncClient(StreamingClient, Subscriber, ClientCore, ChannelEvents):
     """Asynchronous calls to one endpoint or several; asyncio and callback faces over one core.
-    Streams (``stream``, ``stream_async``, ``stream_blocking``) are ``client.streams``'s."""
+    Streams (``stream``, ``stream_async``, ``stream_blocking``) are ``client/streams.py``'s; pushed
+    events through ``on()`` are ``client/subscriptions.py``'s (acknowledged subscriptions)."""
 
     def __init__(
         self,
@@ -144,6 +145,7 @@ class AsyncClient(StreamingClient, ClientCore, ChannelEvents):
         self._single: Channel | None = None  # the channel, when there is exactly one (the hot path)
         self._closed = False
         self.counters.update(notifies_dropped=0, events=0, events_missed=0, callback_errors=0, resent=0)
+        self._setup_subscriptions()
         try:
             self._loop = asyncio.get_running_loop()
             self._uses_engine = False
@@ -321,28 +323,9 @@ class AsyncClient(StreamingClient, ClientCore, ChannelEvents):
             raise ClientClosed("AsyncClient is closed")
         deadline_ms = max(1, int(opts.timeout * 1000))  # 0 would mean "already expired"
         frame = notify_frame(self._ids.next(), method, args, kwargs, deadline_ms, opts.headers, self._codec)
+        self._check_size(f"notify {method!r}", frame)
         item = _OneWay(frame, _monotonic() + opts.timeout)
         self._run_soon(lambda: self._send_or_wait(item))
-
-    def on(self, topic: str, handler: Callable[[str, Any], Any]) -> None:
-        """Call ``handler(topic, payload)`` for each pushed event on ``topic`` (``"orders.*"``: a prefix).
-
-        Delivery is at most once: events published while this client is not connected, or dropped at a
-        full queue, are gone (``statistics()["events_missed"]`` counts the gaps it sees).
-        """
-        self._handlers.setdefault(topic, []).append(handler)
-        self._run_soon(self._resubscribe)
-
-    def off(self, topic: str, handler: Callable[[str, Any], Any] | None = None) -> None:
-        """Remove one handler for ``topic``, or all of them."""
-        hs = self._handlers.get(topic, [])
-        if handler is None:
-            hs.clear()
-        elif handler in hs:
-            hs.remove(handler)
-        if not hs:
-            self._handlers.pop(topic, None)
-        self._run_soon(self._resubscribe)
 
     # -- options, stats, lifecycle -----------------------------------------------------------------
 
@@ -449,6 +432,7 @@ class AsyncClient(StreamingClient, ClientCore, ChannelEvents):
         for call in self._table.clear():  # calls still waiting for a connection are in here too
             self._slots.release()
             self._settle_err(call, ClientClosed(f"client closed while call {call.method!r} was pending"))
+        self._close_subscriptions()
         self._waiting.clear()
         for ch in self._channels.values():
             ch.close()
@@ -666,6 +650,7 @@ class AsyncClient(StreamingClient, ClientCore, ChannelEvents):
         if type(body) is not bytes:  # the reader hands Frames until the connection said what it speaks
             if ch.batch_ok is None:
                 ch.learn(body)
+                self._learned_limit(ch.endpoint, ch.server_limit)
             body = body.bytes
         lv = ch.liveness
         lv.last_heard = _monotonic()  # Liveness.heard, inlined: this runs for every message
@@ -679,7 +664,8 @@ class AsyncClient(StreamingClient, ClientCore, ChannelEvents):
         if fast is not None:  # the common case, a REPLY, without building a message object
             call = self._table.pending.pop(fast[0], None)
             if call is None:
-                self.counters["stale_replies"] += 1
+                if not (self._sub_sent and self._sub_answer(fast[0], fast[1])):
+                    self.counters["stale_replies"] += 1
                 return
             self._slots.release()
             self._settle_ok(call, fast[1])
@@ -708,7 +694,8 @@ class AsyncClient(StreamingClient, ClientCore, ChannelEvents):
             if fast is not None:
                 call = pending.pop(fast[0], None)
                 if call is None:
-                    self.counters["stale_replies"] += 1
+                    if not (self._sub_sent and self._sub_answer(fast[0], fast[1])):
+                        self.counters["stale_replies"] += 1
                     continue
                 slots.release()
                 settle(call, fast[1])
@@ -727,7 +714,14 @@ class AsyncClient(StreamingClient, ClientCore, ChannelEvents):
         if kind is Reply or kind is ErrorReply:
             call = self._table.pop(msg.id)
             if call is None:
-                self.counters["stale_replies"] += 1
+                if kind is ErrorReply and msg.id == 0:
+                    self._unaddressed(ch, msg.error)
+                elif not self._sub_sent or not (
+                    self._sub_answer(msg.id, msg.result)
+                    if kind is Reply
+                    else self._sub_answer(msg.id, error=msg.error)
+                ):
+                    self.counters["stale_replies"] += 1
                 return
             if kind is Reply:
                 self._slots.release()
@@ -751,6 +745,22 @@ class AsyncClient(StreamingClient, ClientCore, ChannelEvents):
             self._on_event(ch, msg)
         elif kind is Pong:
             ch.liveness.pong()
+            if self._sub_sent:
+                self._sub_answer(msg.id)  # the PING after an old server's subscription
+
+    def _unaddressed(self, ch: Channel, record: Any) -> None:
+        """An ERROR with id 0: the server could not read a request's id. Fail the pending calls it is
+        about (``ClientCore._culprits``); one that matches none is only counted and logged."""
+        calls = [c for c in self._table.pending.values() if c.channel is ch]
+        culprits = self._culprits(record, calls, ch.endpoint)
+        if not culprits:
+            self.counters["stale_replies"] += 1
+            log.warning("an error with id 0 from %s matches no pending call: %s", ch.endpoint, record.message)
+            return
+        for call, exc in culprits:
+            if self._table.pop(call.id) is not None:
+                self._slots.release()
+                self._settle_err(call, exc)
 
     def _on_event(self, ch: Channel, ev: Event) -> None:
         self.counters["events"] += 1
@@ -779,6 +789,7 @@ class AsyncClient(StreamingClient, ClientCore, ChannelEvents):
 
     def _on_down(self, ch: Channel) -> None:
         changed = ch.liveness.down()
+        self._sub_down(ch)  # what its server said about subscriptions is void now (before anyone is told)
         if changed is not None:
             self._state_changed(ch, changed)
         # The monitor is a separate socket: replies that came in just before the disconnect may still
@@ -850,16 +861,6 @@ class AsyncClient(StreamingClient, ClientCore, ChannelEvents):
             if ping:
                 ch.send_quietly(ping_frame(self._ids.next()))
         self._tick_handle = self._loop.call_later(hb.interval, self._tick)
-
-    def _subscribe(self, ch: Channel) -> None:
-        if not self._handlers and not ch.last_seq:
-            return
-        ch.send_quietly(subscribe_frame(self._ids.next(), sorted(self._handlers), self._codec))
-
-    def _resubscribe(self) -> None:
-        for ch in self._channels.values():
-            if ch.connected:
-                self._subscribe(ch)
 
 
 class AsyncClientView:

@@ -21,6 +21,14 @@ One meaning for each knob, on every face:
 - a stream is a call: the same budget (it covers the whole stream), headers, interceptors and metrics,
   with one attempt (its items cannot be resent); ``window`` is how many items it takes before it grants
   the server more.
+- a call the server would refuse for its size is not sent: ``MessageTooLarge`` at once, with both sizes
+  (the server's limit once its handshake said it, ``X-Zcall-Max-Message-Size``, else this client's own).
+
+And one mapping from an error record to the exception raised (``errors.error_for_record``), with two
+cases only the sender can explain: a ``PROTOCOL_ERROR`` for a request this client's own decoder cannot
+read either (a map key that is not a str, nesting too deep) becomes a local ``SerializationError`` that
+says what and how to fix it; an ERROR with id 0 on a connection with several calls pending is matched to
+the call it concerns by what it says (its size, or being unreadable) instead of being dropped.
 """
 
 from __future__ import annotations
@@ -34,11 +42,11 @@ import zmq
 
 from ..engine.sockets import default_context, normalize_endpoints
 from ..engine.streams import check_window
-from ..errors import CallTimeout, RemoteError, SerializationError
-from ..protocol.codec import Codec, default_codec
+from ..errors import CallTimeout, MessageTooLarge, ProtocolError, RemoteError, SerializationError, ZcallError
+from ..protocol.codec import Codec, default_codec, find_bad_key, map_key_refusal
 from ..protocol.ids import IdSource
 from ..protocol.status import StatusCode
-from ..protocol.wire import call_frame, stream_frame
+from ..protocol.wire import call_frame, check_readable, stream_frame
 from ..service.context import _current
 from ..service.metrics import Metrics, Outcome, outcome_for_exception
 from .failover import Failover
@@ -229,6 +237,9 @@ class ClientCore:
         self._codec = codec
         self._security = security
         self._ids = IdSource()
+        self._server_limits: dict[str, int] = {}  # endpoint -> the limit its handshake advertised
+        self._send_limit = codec.max_message_size
+        """The largest body a call may have: the smallest limit the servers advertised, else our own."""
         self._failover = Failover(self.endpoints)
         self._per_endpoint_retries = len(self.endpoints) - 1  # what retries=None means here
         self.metrics = Metrics()
@@ -334,22 +345,90 @@ class ClientCore:
             headers = call.headers
         try:  # _frame(call, now), inlined: the first attempt sends the whole budget
             if stream is None:
-                call.frame = call_frame(
+                frame = call.frame = call_frame(
                     rid, method, args, kwargs, max(1, int(timeout * 1000)), headers, self._codec, attempts > 1
                 )
             else:
                 credit, where, pull, batch = stream
                 deadline_ms = max(1, int(timeout * 1000))
-                call.frame = stream_frame(
+                frame = call.frame = stream_frame(
                     rid, method, args, kwargs, credit, where, pull, deadline_ms, headers, self._codec, batch
                 )
-                self.counters["streams"] += 1
         except SerializationError:
             self.metrics.record(method, _REJECTED)  # refused here, before anything was sent
             raise
+        if len(frame) > self._send_limit:  # the server would refuse it unread: say so now, send nothing
+            self.metrics.record(method, _REJECTED)
+            raise self._too_large(f"call {method!r}", len(frame))
+        if stream is not None:
+            self.counters["streams"] += 1
         self.counters["calls"] += 1
         call.token = self.metrics.started(method)
         return call
+
+    # -- limits: what a server would refuse, refused here ------------------------------------------
+
+    def _learned_limit(self, endpoint: str, limit: int | None) -> None:
+        """A server said (its handshake, or a MESSAGE_TOO_LARGE) how large a body it reads."""
+        if limit is None or limit <= 0 or self._server_limits.get(endpoint) == limit:
+            return
+        self._server_limits[endpoint] = limit
+        self._send_limit = min(self._server_limits.values())
+
+    def _too_large(self, what: str, size: int) -> MessageTooLarge:
+        limit = self._send_limit
+        if self._server_limits:
+            known = [ep for ep, n in self._server_limits.items() if n == limit]
+            whose = f"{', '.join(known)} reads (its handshake says)"
+        else:
+            whose = "this client's codec allows (no server has said its own yet)"
+        return MessageTooLarge(
+            f"{what} not sent: its message is {size} bytes, over the {limit} bytes {whose}; send less, or "
+            "raise Codec(max_message_size=...) on both sides",
+            size=size,
+            limit=limit,
+        )
+
+    def _check_size(self, what: str, frame: bytes) -> None:
+        if len(frame) > self._send_limit:
+            raise self._too_large(what, len(frame))
+
+    def _unreadable(self, call: OutgoingCall) -> SerializationError | None:
+        """Why a server could not read ``call``'s body, when this client's own decoder cannot either: a
+        ``SerializationError`` naming what and how to fix it (None when the body reads fine here)."""
+        try:
+            check_readable(call.frame, self._codec)
+        except MessageTooLarge:
+            return None  # that is MESSAGE_TOO_LARGE's business, not this
+        except ProtocolError as exc:
+            found = find_bad_key({"args": list(call.args), "kwargs": call.kwargs})
+            why = map_key_refusal(type(found[1]).__name__, found[0]) if found is not None else str(exc)
+            return SerializationError(f"call {call.method!r} was refused by the server, unread: {why}")
+        return None
+
+    def _culprits(
+        self, record: ErrorRecord, calls: Sequence[OutgoingCall], endpoint: str
+    ) -> list[tuple[OutgoingCall, BaseException]]:
+        """The calls (of ``calls``, pending on the connection it came on) that an ERROR with id 0 is about:
+        the server could not read their id. ``MESSAGE_TOO_LARGE`` names the size of the body it refused
+        (``data.size``) or its limit; ``PROTOCOL_ERROR`` concerns a body this client cannot read either."""
+        code = record.code
+        found: list[tuple[OutgoingCall, BaseException]] = []
+        if code == StatusCode.MESSAGE_TOO_LARGE:
+            data = record.data if isinstance(record.data, dict) else {}
+            size, limit = data.get("size"), data.get("limit")
+            if type(limit) is int:
+                self._learned_limit(endpoint, limit)
+            for c in calls:
+                n = len(c.frame)
+                if (n == size) if type(size) is int else (type(limit) is int and n > limit):
+                    found.append((c, self._remote_error(c, record, endpoint)))
+        elif code == StatusCode.PROTOCOL_ERROR:
+            for c in calls:
+                local = self._unreadable(c)
+                if local is not None:
+                    found.append((c, local))
+        return found
 
     def _frame(self, call: OutgoingCall, now: float) -> bytes:
         """The CALL body for the next attempt: what is left of the budget goes as meta.deadline."""
@@ -389,10 +468,19 @@ class ClientCore:
             call.token = None
         return error
 
-    def _remote_error(self, call: OutgoingCall, record: ErrorRecord, endpoint: str | None) -> RemoteError:
-        """The exception for an error record, one mapping for every face (``errors.error_for_record``)."""
+    def _remote_error(self, call: OutgoingCall, record: ErrorRecord, endpoint: str | None) -> ZcallError:
+        """The exception for an error record, one mapping for every face (``errors.error_for_record``);
+        a request the server could not read, and this client cannot either, is explained locally."""
         if endpoint is not None:
             self._failover.answered(endpoint)  # it answered, even if with an error
+        code = record.code
+        if code == StatusCode.PROTOCOL_ERROR:
+            local = self._unreadable(call)
+            if local is not None:
+                return local
+        elif code == StatusCode.MESSAGE_TOO_LARGE and endpoint is not None and isinstance(record.data, dict):
+            limit = record.data.get("limit")
+            self._learned_limit(endpoint, limit if type(limit) is int else None)
         return record.to_exception(
             call.method, endpoint=endpoint, attempts=call.attempt, elapsed=_monotonic() - call.started
         )

@@ -109,7 +109,11 @@ class _Catalog:
 
     def refused(self, exc: BaseException) -> bool:
         """Whether a failed lookup means "no list here" (calls then go unchecked) rather than "try later"."""
-        if isinstance(exc, RemoteError) and not isinstance(exc, CallTimeout) and exc.code not in _TRANSIENT:
+        if (
+            isinstance(exc, RemoteError)
+            and not isinstance(exc, CallTimeout)
+            and exc.remote.code not in _TRANSIENT
+        ):
             self.unchecked = True
             return True
         return False

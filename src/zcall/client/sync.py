@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from ..engine.sockets import apply_size_limit, close_quietly, fast_send, new_socket
+from ..engine.sockets import apply_size_limit, close_quietly, fast_send, frame_property, new_socket
 from ..errors import ClientClosed, ProtocolError, RemoteError
-from ..protocol.wire import ErrorReply, Reply, decode, reply_fields
+from ..protocol.wire import MAX_MESSAGE_PROPERTY, ErrorReply, Reply, decode, read_handshake, reply_fields
 from .core import CallOptions, ClientCore
 from .proxy import SyncProxy
 from .pull import SyncStream
@@ -125,7 +125,7 @@ class SyncClient(ClientCore):
         if self._security is not None:
             self._security.apply(s)
         s.connect(ep)
-        return _Req(s)
+        return _Req(s, ep, self._learned_limit)
 
     def _release(self, ep: str, req: _Req) -> None:
         idle = self._idle.get(ep)
@@ -175,7 +175,7 @@ class SyncClient(ClientCore):
                     req.timeout_ms = timeout_ms
                 try:
                     req.send(frame, 0)
-                    data = sock.recv()
+                    data = req.recv()
                 except zmq.Again:
                     data = None
             finally:
@@ -217,14 +217,26 @@ class SyncClient(ClientCore):
 
 
 class _Req:
-    """A pooled REQ socket, its fast send, and the receive timeout last set on it (reading it is slow)."""
+    """A pooled REQ socket, its fast send, and the receive timeout last set on it (reading it is slow).
 
-    __slots__ = ("sock", "send", "timeout_ms")
+    Its first reply is received as a frame, to read the server's size limit from the connection's
+    handshake (``X-Zcall-Max-Message-Size``); ``recv`` is the socket's plain one from then on."""
 
-    def __init__(self, sock: zmq.Socket) -> None:
+    __slots__ = ("sock", "send", "recv", "timeout_ms", "_endpoint", "_on_limit")
+
+    def __init__(self, sock: zmq.Socket, endpoint: str, on_limit: Callable[[str, int | None], None]) -> None:
         self.sock = sock
         self.send = fast_send(sock)
+        self.recv: Callable[[], bytes] = self._first_recv
         self.timeout_ms = -1
+        self._endpoint = endpoint
+        self._on_limit = on_limit
+
+    def _first_recv(self) -> bytes:
+        frame = self.sock.recv(copy=False)
+        self.recv = self.sock.recv
+        self._on_limit(self._endpoint, read_handshake(None, frame_property(frame, MAX_MESSAGE_PROPERTY))[1])
+        return frame.bytes
 
 
 class SyncClientView:

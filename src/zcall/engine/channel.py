@@ -93,6 +93,7 @@ class Channel:
         "handshake_failures",
         "batch_ok",
         "batch_target",
+        "server_limit",
         "_send",
         "_loop",
         "_events",
@@ -144,6 +145,8 @@ class Channel:
         self.handshake_failures = 0
         self.batch_ok: bool | None = None
         """Whether the server takes BATCH messages (its handshake metadata), once a first message said."""
+        self.server_limit: int | None = None
+        """The largest body the server reads (its handshake metadata), once a first message said."""
         self.batch_target = 8
         """Send a batch as soon as it holds this many bodies (the client keeps it near half the calls in
         flight: two batches on the way at once keep both ends busy, one would make them take turns)."""
@@ -169,6 +172,7 @@ class Channel:
         self.batch_ok, limit = read_handshake(
             _property(frame, BATCH_CAPABILITY[0]), _property(frame, MAX_MESSAGE_PROPERTY)
         )
+        self.server_limit = limit
         self._max_batch_bytes = (
             min(self._own_max_batch_bytes, limit // 2) if limit else self._own_max_batch_bytes
         )

@@ -20,6 +20,7 @@ __all__ = [
     "close_quietly",
     "default_context",
     "frame_limit",
+    "frame_property",
     "new_socket",
     "fast_send",
     "normalize_endpoints",
@@ -140,6 +141,15 @@ def fast_send(sock: zmq.Socket) -> Callable[[bytes, int], Any]:
     if send is None or not isinstance(sock, base):  # type: ignore[arg-type]
         return sock.send
     return send.__get__(sock)  # type: ignore[no-any-return]
+
+
+def frame_property(frame: Any, name: str) -> str | None:
+    """A ZMTP handshake property (``ZMQ_METADATA``) of the connection ``frame`` came on, or None."""
+    try:
+        value = frame.get(name)
+    except (zmq.ZMQError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def close_bound(

@@ -75,8 +75,8 @@ def _tracer(provider: trace.TracerProvider | None) -> trace.Tracer:
 
 
 def _fail(span: Span, error: BaseException) -> None:
-    code = error.code if isinstance(error, RemoteError) else None
-    kind = error.type if isinstance(error, RemoteError) else type(error).__qualname__
+    code = error.remote.code if isinstance(error, RemoteError) else None
+    kind = error.remote.type if isinstance(error, RemoteError) else type(error).__qualname__
     span.set_attribute("error.type", kind)
     if code is not None:
         span.set_attribute("rpc.zcall.status_code", int(code))

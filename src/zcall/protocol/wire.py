@@ -170,10 +170,11 @@ class ErrorRecord:
         after the local one), so the caller sees what really failed, not a wrapper of a wrapper."""
         tb = "".join(_tb.format_exception(exc)) if with_traceback else None
         if isinstance(exc, RemoteError):
-            where = f" (in nested call {exc.method!r})" if exc.method else ""
-            if tb is not None and exc.traceback:
-                tb += "\nRemote traceback:\n" + exc.traceback
-            return cls(code, exc.type, exc.message + where, tb, exc.data)
+            r = exc.remote  # a rebuilt registered exception keeps the record's fields here
+            where = f" (in nested call {r.method!r})" if r.method else ""
+            if tb is not None and r.traceback:
+                tb += "\nRemote traceback:\n" + r.traceback
+            return cls(code, r.type, r.message + where, tb, r.data)
         t = type(exc)
         name = t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
         return cls(code, name, str(exc), tb)
@@ -876,6 +877,8 @@ def error_for(exc: ProtocolError) -> ErrorRecord:
         code = StatusCode.UNSUPPORTED_VERSION
     elif isinstance(exc, MessageTooLarge):
         code = StatusCode.MESSAGE_TOO_LARGE
+        if exc.size is not None and exc.limit is not None:  # so the sender can tell which message it was
+            return ErrorRecord(code, wire_type(code), str(exc), None, {"size": exc.size, "limit": exc.limit})
     else:
         code = StatusCode.PROTOCOL_ERROR
     return ErrorRecord(code, wire_type(code), str(exc))

@@ -414,8 +414,14 @@ class AsyncServer(Lifecycle):
         if t is Cancel:
             if not (self._streams.open and self._streams.on_cancel(ident, r.id, envelope)):
                 self._cancel(ident, r.id)
-        elif t is Subscribe and self._subscribers.update(ident, envelope, r.patterns):
-            self._sweep_subscribers()
+        elif t is Subscribe:
+            if self._subscribers.update(ident, envelope, r.patterns):
+                self._sweep_subscribers()
+            answer = self._dispatch.subscribed(r, r.patterns)  # the CALL form: the patterns now kept
+            if answer is not None:
+                if self._batch_out:
+                    self._flush_to(ident)
+                self._send(envelope, answer)
         elif t is StreamStart:
             self._streams.start(r.call, envelope)
         elif t in STREAM_MESSAGES:

@@ -41,9 +41,17 @@ from ..engine.sockets import (
     new_socket,
 )
 from ..protocol.codec import Codec, default_codec
-from ..protocol.wire import ACK, DELIMITER, MAX_REQUEST_FRAMES, Batch, Cancel, split_routed
+from ..protocol.wire import (
+    ACK,
+    DELIMITER,
+    MAX_REQUEST_FRAMES,
+    Batch,
+    Cancel,
+    handshake_properties,
+    split_routed,
+)
 from ..service.context import CallContext
-from ..service.dispatch import Dispatcher
+from ..service.dispatch import Dispatcher, Subscribe
 from ..service.invoke import run_to_completion
 from ..service.registry import Service
 from ..service.replycache import ReplyCache
@@ -245,6 +253,8 @@ class SyncServer(Lifecycle):
                 # pipelining further just waits in its own queue (backpressure, nothing dropped).
                 sock.setsockopt(zmq.RCVHWM, _WAITING_PER_CONNECTION)
                 apply_size_limit(sock, self._dispatch.codec.max_message_size)
+                for prop in handshake_properties(self._dispatch.codec.max_message_size, batch=False):
+                    sock.setsockopt(zmq.METADATA, prop)  # its size limit, so clients refuse what it would
                 if self._security is not None:
                     release_security = self._security.apply(sock)
                 self._endpoint = bind(sock, self._requested)
@@ -341,6 +351,8 @@ class SyncServer(Lifecycle):
             elif type(r) in PULLED_MESSAGES:
                 if not self._pull(envelope, r):
                     return  # stop() answered it and closed the socket
+            elif type(r) is Subscribe:  # kept nowhere: a REP-style server cannot push events
+                reply(send, envelope, d.subscribed(r, []))
             else:
                 if type(r) is Cancel:
                     self._pulls.cancel(envelope, r)

@@ -7,7 +7,8 @@ the deadline, the in-flight limit, then the service's interceptors. It returns w
 - a ``CallContext``: run its handler (the only thing a server chooses is *how*: inline, pool, task);
 - ``bytes``: send this frame now (an error, a PONG, a cached reply);
 - ``None``: send nothing (a NOTIFY, a resend joined to its running first attempt);
-- a ``Cancel`` or ``Subscribe``: connection-level requests only a ROUTER server acts on;
+- a ``Cancel`` or ``Subscribe``: connection-level requests only a ROUTER server acts on (a CALL of
+  ``zcall.subscribe`` is answered with ``subscribed``: the patterns kept, ``[]`` from a REP server);
 - a ``StreamStart`` (a STREAM, admitted like a CALL: its ``CallContext`` carries the request in
   ``call._stream``), an ``Item``, ``Credit`` or ``End`` of an open stream, or a ``StreamFault`` (a
   malformed one: that stream ends with its frame), for the server's stream machinery.
@@ -27,7 +28,8 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
-from ..errors import ProtocolError, Rejected, SerializationError
+from ..error_registry import describe as describe_error
+from ..errors import ProtocolError, Rejected, RemoteError, SerializationError
 from ..protocol.codec import Codec
 from ..protocol.status import StatusCode
 from ..protocol.topics import SUBSCRIBE_METHOD
@@ -122,12 +124,14 @@ class StreamFault:
 
 
 class Subscribe:
-    """A ``zcall.subscribe`` NOTIFY: the connection's event patterns, replacing the previous ones."""
+    """A ``zcall.subscribe``: the connection's event patterns, replacing the previous ones. ``id`` is the
+    request id of the CALL form, which is answered (``Dispatcher.subscribed``); None for the NOTIFY."""
 
-    __slots__ = ("patterns",)
+    __slots__ = ("patterns", "id")
 
-    def __init__(self, patterns: list[str]) -> None:
+    def __init__(self, patterns: list[str], id: int | None = None) -> None:  # noqa: A002
         self.patterns = patterns
+        self.id = id
 
 
 class Dispatcher:
@@ -252,6 +256,8 @@ class Dispatcher:
         try:
             entry = self.service.lookup(name)
         except Rejected as r:
+            if name == SUBSCRIBE_METHOD:  # the acknowledged form: a CALL (here, off the hot path)
+                return self._subscription(args, rid)
             self.metrics.record(OTHER, _REJECTED)  # never the caller's made-up name: bounded rows
             return self._refused(rid, name, notify, r)
         try:
@@ -323,8 +329,16 @@ class Dispatcher:
                 _current.reset(token)
         return call
 
-    def _subscription(self, args: list[Any]) -> Subscribe:
-        """A ``zcall.subscribe`` NOTIFY's patterns, bounded (``MAX_PATTERNS`` of ``MAX_PATTERN_LENGTH``)."""
+    def subscribed(self, request: Subscribe, kept: list[str]) -> bytes | None:
+        """The answer to a ``zcall.subscribe``: for the CALL form, REPLY with the patterns the server now
+        keeps for that connection (``kept``: a REP server keeps none, it cannot push); None (nothing, or
+        an ACK on REP) for the NOTIFY form."""
+        if request.id is None:
+            return None
+        return reply_frame(request.id, kept, self.codec)
+
+    def _subscription(self, args: list[Any], rid: int | None = None) -> Subscribe:
+        """A ``zcall.subscribe``'s patterns, bounded (``MAX_PATTERNS`` of ``MAX_PATTERN_LENGTH``)."""
         wanted = args[0] if args and type(args[0]) is list else []
         patterns = [p for p in wanted if type(p) is str and len(p) <= MAX_PATTERN_LENGTH]
         if len(patterns) != len(wanted) or len(patterns) > MAX_PATTERNS:
@@ -336,7 +350,7 @@ class Dispatcher:
                 MAX_PATTERNS,
                 MAX_PATTERN_LENGTH,
             )
-        return Subscribe(patterns[:MAX_PATTERNS])
+        return Subscribe(patterns[:MAX_PATTERNS], rid)
 
     def _other(
         self, body: Any, reply_to: Any = None, routing_id: bytes | None = None, frame: Any = None
@@ -590,7 +604,12 @@ class Dispatcher:
             return ErrorRecord.refusal(StatusCode.CANCELLED, "call cancelled")
         level = logging.INFO if isinstance(error, Exception) else logging.WARNING
         log.log(level, "handler %r raised %s: %s", call.method, type(error).__name__, error)
-        return ErrorRecord.from_exception(error, with_traceback=self.send_tracebacks)
+        record = ErrorRecord.from_exception(error, with_traceback=self.send_tracebacks)
+        if not isinstance(error, RemoteError):  # a registered class travels as itself (error_registry)
+            described = describe_error(error, self.codec)
+            if described is not None:
+                record.type, record.data = described
+        return record
 
     def unavailable(
         self, call: CallContext, why: str = "server stopped before the call finished"

@@ -157,7 +157,7 @@ def outcome_for_exception(exc: BaseException | None) -> Outcome:
     if exc is None:
         return Outcome.OK
     if isinstance(exc, RemoteError):
-        return outcome_for_status(exc.code)
+        return outcome_for_status(exc.remote.code)
     if isinstance(exc, CallTimeout | TimeoutError):
         return Outcome.TIMEOUT
     if isinstance(exc, asyncio.CancelledError | concurrent.futures.CancelledError | ClientClosed):

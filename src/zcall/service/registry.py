@@ -12,11 +12,13 @@ import inspect
 import os
 import sys
 import time
+import typing
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar, overload
 
 from ..errors import Rejected
+from ..protocol.hints import Converter, Mismatch, compile_hint
 from ..protocol.status import StatusCode
 from .interceptors import ServerInterceptor
 from .metrics import Metrics
@@ -50,7 +52,8 @@ class Method:
         "signature",
         "_min_pos",
         "_max_pos",
-        "_kw_required",
+        "_slow",
+        "_checks",
         "stats",
         "while_stopping",
         "streams",
@@ -64,6 +67,7 @@ class Method:
         *,
         inline: bool = False,
         idempotent: bool = False,
+        validate: bool = False,
     ) -> None:
         self.name = name
         self.fn = fn
@@ -93,10 +97,15 @@ class Method:
                 self.signature = inspect.signature(fn, eval_str=True)
             except Exception:
                 pass
-        # Precomputed fast path: positional-only calls that certainly bind skip Signature.bind.
+        # Precomputed fast path: positional-only calls that certainly bind skip Signature.bind, unless a
+        # required keyword-only parameter or validation needs the slow path (``_slow``).
         self._min_pos = 0
         self._max_pos: int | None = 0
-        self._kw_required = False
+        self._slow = False
+        self._checks: list[tuple[inspect.Parameter, Converter | None]] | None = None
+        if validate:
+            self._checks = _validators(name, fn, self.signature)
+            self._slow = any(conv is not None for _, conv in self._checks)
         if self.signature is not None:
             for p in self.signature.parameters.values():
                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
@@ -107,14 +116,21 @@ class Method:
                 elif p.kind is p.VAR_POSITIONAL:
                     self._max_pos = None
                 elif p.kind is p.KEYWORD_ONLY and p.default is p.empty:
-                    self._kw_required = True
+                    self._slow = True
+
+    @property
+    def validate(self) -> bool:
+        """Whether arguments are checked against the annotations before the handler runs."""
+        return self._checks is not None
 
     def check(self, args: Any, kwargs: dict[str, Any]) -> None:
-        """Raise ``Rejected(INVALID_ARGUMENTS)`` unless ``fn(*args, **kwargs)`` would bind."""
+        """Raise ``Rejected(INVALID_ARGUMENTS)`` unless ``fn(*args, **kwargs)`` would bind; with
+        ``validate``, also unless each argument fits its annotation (``protocol/hints.py``), converting
+        ``args`` (a list) and ``kwargs`` in place where that is faithful."""
         sig = self.signature
         if sig is None:
             return
-        if not kwargs and not self._kw_required:
+        if not kwargs and not self._slow:
             n = len(args)
             if n >= self._min_pos and (self._max_pos is None or n <= self._max_pos):
                 return
@@ -123,6 +139,16 @@ class Method:
         except TypeError as exc:
             text = f"bad arguments for {self.name}{sig}: {exc}"
             raise Rejected(StatusCode.INVALID_ARGUMENTS, text) from None
+        if self._checks is not None:
+            try:
+                _validate(self._checks, args, kwargs)
+            except Mismatch as m:
+                param = m.path.split(".", 1)[0].split("[", 1)[0]
+                raise Rejected(
+                    StatusCode.INVALID_ARGUMENTS,
+                    f"bad argument {param!r} for {self.name}{sig}: {m}",
+                    data={"parameter": param, "path": m.path, "expected": m.expected, "got": m.got},
+                ) from None
 
     def describe(self) -> dict[str, Any]:
         """What ``zcall.methods`` reports for this method.
@@ -146,6 +172,54 @@ class Method:
 
     def __repr__(self) -> str:
         return f"<Method {self.name}{self.signature or '(...)'}>"
+
+
+def _validators(
+    name: str, fn: Callable[..., Any], sig: inspect.Signature | None
+) -> list[tuple[inspect.Parameter, Converter | None]]:
+    """Each parameter with the converter of its annotation, None without one (``validate=True``); an
+    annotation that does not resolve is an error now, at registration, not at the first call."""
+    if sig is None:
+        raise ValueError(f"validate=True: {name} has no signature to validate against")
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception as exc:
+        raise ValueError(f"validate=True: the annotations of {name} do not resolve: {exc}") from None
+    return [(p, compile_hint(hints[p.name]) if p.name in hints else None) for p in sig.parameters.values()]
+
+
+def _validate(
+    checks: list[tuple[inspect.Parameter, Converter | None]], args: Any, kwargs: dict[str, Any]
+) -> None:
+    """Check (and convert, in place) the arguments of a call that binds: positional ones by position,
+    the others by name; a parameter left to its default is not checked."""
+    n = len(args)
+    i = 0
+    named: set[str] = set()  # parameters a keyword argument binds to (what is left goes to **kwargs)
+    for p, conv in checks:
+        kind = p.kind
+        if kind is p.POSITIONAL_ONLY or kind is p.POSITIONAL_OR_KEYWORD:
+            if kind is p.POSITIONAL_OR_KEYWORD:
+                named.add(p.name)
+            if conv is not None:
+                if i < n:
+                    args[i] = conv(args[i], p.name)
+                elif kind is p.POSITIONAL_OR_KEYWORD and p.name in kwargs:
+                    kwargs[p.name] = conv(kwargs[p.name], p.name)
+            i += 1
+        elif kind is p.VAR_POSITIONAL:
+            if conv is not None:
+                for j in range(i, n):
+                    args[j] = conv(args[j], f"{p.name}[{j - i}]")
+            i = n
+        elif kind is p.KEYWORD_ONLY:
+            named.add(p.name)
+            if conv is not None and p.name in kwargs:
+                kwargs[p.name] = conv(kwargs[p.name], p.name)
+        elif conv is not None:  # **kwargs: the keyword arguments no other parameter took
+            for k in list(kwargs):
+                if k not in named:
+                    kwargs[k] = conv(kwargs[k], f"{p.name}[{k!r}]")
 
 
 def _annotation_text(annotation: Any) -> str | None:
@@ -175,11 +249,15 @@ class Service:
         *,
         interceptors: Sequence[ServerInterceptor] = (),
         introspection: bool = True,
+        validate: bool = False,
     ) -> None:
         """``introspection=False`` leaves out ``zcall.methods`` and ``zcall.stats`` (what the service has,
         its metrics) and the pid and uptime in ``zcall.ping``; the probes (ping, health) stay. To allow
-        them to some callers only, use an interceptor keyed on ``call.caller_key`` instead."""
+        them to some callers only, use an interceptor keyed on ``call.caller_key`` instead.
+        ``validate=True`` is every method's default for argument validation (``method(validate=...)``)."""
         self.name = name
+        self.validate = validate
+        """The default of ``method(validate=...)`` for the methods registered from then on."""
         self.introspection = introspection
         self._methods: dict[str, Method] = {}
         self.interceptors: tuple[ServerInterceptor, ...] = ()
@@ -219,7 +297,12 @@ class Service:
     def method(self, fn: F, /) -> F: ...
     @overload
     def method(
-        self, *, name: str | None = None, inline: bool = False, idempotent: bool = False
+        self,
+        *,
+        name: str | None = None,
+        inline: bool = False,
+        idempotent: bool = False,
+        validate: bool | None = None,
     ) -> Callable[[F], F]: ...
 
     def method(  # type: ignore[misc]  # the bare and the keyword-only forms in one body
@@ -230,15 +313,19 @@ class Service:
         name: str | None = None,
         inline: bool = False,
         idempotent: bool = False,
+        validate: bool | None = None,
     ) -> F | Callable[[F], F]:
         """Register a function (plain or ``async def``) as a method; usable bare or with options.
 
         ``inline=True`` declares a plain function fast enough to run on the async server's event loop
-        (otherwise it runs in the server's thread pool); ``idempotent=True`` says retries may run it twice.
+        (otherwise it runs in the server's thread pool); ``idempotent=True`` says retries may run it twice;
+        ``validate=True`` checks each argument against its annotation before the call (``InvalidArguments``
+        names the parameter and the type), converting where faithful (a map to the dataclass annotated, an
+        array to a tuple, a value to an enum member); ``None`` takes the service's ``validate``.
         """
 
         def deco(f: F) -> F:
-            self.add(f, name=name, inline=inline, idempotent=idempotent)
+            self.add(f, name=name, inline=inline, idempotent=idempotent, validate=validate)
             return f
 
         return deco(fn) if fn is not None else deco
@@ -250,6 +337,7 @@ class Service:
         name: str | None = None,
         inline: bool = False,
         idempotent: bool = False,
+        validate: bool | None = None,
     ) -> Method:
         """Register ``fn`` under ``name`` (default: its ``__name__``); returns the entry."""
         name = name or getattr(fn, "__name__", None)
@@ -261,7 +349,8 @@ class Service:
             raise ValueError(f"method names starting with {BUILTIN_PREFIX!r} are reserved for zcall")
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
-        m = Method(name, fn, inline=inline, idempotent=idempotent)
+        checked = self.validate if validate is None else validate
+        m = Method(name, fn, inline=inline, idempotent=idempotent, validate=checked)
         m.stats = self.metrics.stats(name)
         self._methods[name] = m
         return m

@@ -9,7 +9,9 @@ section 7 reserves. What it checks, by section:
   client; NOTIFY/CANCEL answered by an empty-body ACK on a REP-style server and by nothing on ROUTER
   (the server's kind is told from that: a NOTIFY, then a PING, whichever answer comes first);
 - **§12 test vectors** (docs/protocol-vectors.json, shipped in the package): every refusal vector is sent
-  as a request and must get ERROR with its status code and id (§10's order); every positive vector must
+  as a request and must get ERROR with its status code and id (§10's order; a malformed zcall built-in
+  ext type, ``"requires": "zcall-types"``, may instead be taken as an opaque ext value by a server that
+  does not decode them); every positive vector must
   be taken as what it is: a CALL answered with its id (not PROTOCOL_ERROR), a PING by its PONG, a
   NOTIFY/CANCEL by nothing (or an ACK), a REPLY/ERROR/EVENT/PONG by PROTOCOL_ERROR with its id;
 - **§9/§10 limits and bad input**: a body over 16 MiB (MESSAGE_TOO_LARGE, id 0, or the connection dropped
@@ -446,11 +448,24 @@ def _private(c: Conformance) -> str:
     return "5 names"
 
 
-@check("calls:subscribe-call", "§7", "a CALL of zcall.subscribe: METHOD_NOT_FOUND")
+@check("calls:subscribe-call", "§7", "a CALL of zcall.subscribe: REPLY with the patterns it keeps")
 def _subscribe_call(c: Conformance) -> str:
     rid = c.probe.next_id()
-    a = c.probe.request(call(rid, "zcall.subscribe", [["x"]]))
-    return expect_error(a, StatusCode.METHOD_NOT_FOUND, rid)
+    a = c.probe.request(call(rid, "zcall.subscribe", [["conform.*", 7]]))
+    if a.kind == 3 and a.code == StatusCode.METHOD_NOT_FOUND and a.id == rid:
+        return "METHOD_NOT_FOUND: a server from before the acknowledgement (allowed; clients fall back)"
+    kept = expect_reply(a, rid)
+    if not isinstance(kept, list) or any(p != "conform.*" for p in kept):
+        raise Failed(f"expected REPLY ['conform.*'] (or [] from a server that cannot push), got {kept!r}")
+    if c.kind == "router" and kept != ["conform.*"]:
+        raise Failed(
+            f"a ROUTER server keeps the str patterns it was asked: expected ['conform.*'], got {kept!r}"
+        )
+    rid = c.probe.next_id()
+    gone = expect_reply(c.probe.request(call(rid, "zcall.subscribe", [[]])), rid)
+    if gone != []:
+        raise Failed(f"an empty list unsubscribes: expected REPLY [], got {gone!r}")
+    return f"REPLY {kept!r}, then [] for []"
 
 
 @check("calls:bad-args", "§7b", "arguments that do not bind: INVALID_ARGUMENTS")
@@ -903,6 +918,10 @@ def _vector_check(v: dict[str, Any]) -> Callable[[Conformance], str | None]:
             got = c.probe.fence()
             if len(got) != 1:
                 raise Failed(f"expected one ERROR {code.name}, got {[a.describe() for a in got]}")
+            a = got[0]
+            opaque = a.kind == 2 or (a.kind == 3 and a.code not in (code, StatusCode.UNSUPPORTED_VERSION))
+            if v.get("requires") == "zcall-types" and opaque:  # §8: a receiver that does not decode them
+                return f"{a.describe()}: zcall's built-in types taken as opaque ext values (allowed)"
             return expect_error(got[0], code, v["error_id"])
         m = v["message"]
         kind, rid = _KINDS[m["kind"]], m["id"]

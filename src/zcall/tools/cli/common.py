@@ -105,8 +105,10 @@ def error_record(exc: BaseException, exit_code: int, where: Sequence[str] = ()) 
     """What ``--json`` prints on stderr for a failed command: ``{"error": {...}}`` with the zcall class
     (``type``), ``message``, the wire status ``code`` and its name (null for a local error), the remote
     side's ``remote_type``, ``traceback`` and ``data`` when it answered, ``endpoint`` and ``exit_code``."""
+    # a rebuilt registered exception (a KeyError that is also a RemoteError) reports zcall's class
+    shown = exc.remote if isinstance(exc, RemoteError) else exc
     record: dict[str, Any] = {
-        "type": type(exc).__name__,
+        "type": type(shown).__name__,
         "message": str(exc),
         "code": None,
         "code_name": None,
@@ -114,14 +116,15 @@ def error_record(exc: BaseException, exit_code: int, where: Sequence[str] = ()) 
         "exit_code": exit_code,
     }
     if isinstance(exc, RemoteError):
+        r = exc.remote
         record.update(
-            message=exc.message,
-            code=int(exc.code),
-            code_name=exc.code.name,
-            remote_type=exc.type,
-            method=exc.method,
-            traceback=exc.traceback,
-            data=exc.data,
+            message=r.message,
+            code=int(r.code),
+            code_name=r.code.name,
+            remote_type=r.type,
+            method=r.method,
+            traceback=r.traceback,
+            data=r.data,
         )
     elif isinstance(exc, CallTimeout):
         record.update(method=exc.method, attempts=exc.attempts, elapsed=round(exc.elapsed, 6))
@@ -139,9 +142,10 @@ def report_json(exc: BaseException, exit_code: int, where: Sequence[str] = (), *
 
 
 def report_remote(exc: RemoteError) -> None:
-    err(f"error: {exc}")
-    if exc.traceback:
-        err("remote traceback:\n" + exc.traceback.rstrip())
+    r = exc.remote
+    err(f"error: {r}")
+    if r.traceback:
+        err("remote traceback:\n" + r.traceback.rstrip())
 
 
 def probe(eps: Sequence[str], timeout: float, security: Any = None) -> dict[str, dict[str, Any] | None]:
