@@ -21,6 +21,7 @@ import zmq
 from hypothesis import strategies as st
 
 CALL, REPLY, ERROR, NOTIFY, EVENT, PING, PONG, CANCEL, BATCH = range(1, 10)
+STREAM, ITEM, CREDIT, END = range(10, 14)  # answered by section 7 "Streams" (tests/test_streams.py)
 MAX_BATCH_ITEMS = 256
 MAX_ID = 2**64 - 1
 PROTOCOL_ERROR, UNSUPPORTED_VERSION, MESSAGE_TOO_LARGE = 4, 5, 9
@@ -111,6 +112,8 @@ def _classify_value(m: Any, server: str, *, in_batch: bool) -> Expect:
         return ("error", UNSUPPORTED_VERSION, rid if _is_id(rid) else 0)
     if not _is_id(rid):
         return ("error", PROTOCOL_ERROR, 0)
+    if type(kind) is int and STREAM <= kind <= END:
+        return ("none", 0, 0)  # a stream's message: its own rules (an unknown stream's is dropped); not sent
     if type(kind) is not int or not CALL <= kind <= BATCH:
         return ("error", PROTOCOL_ERROR, rid)
     if kind == BATCH:
@@ -315,7 +318,7 @@ def kind_version_cases(draw: st.DrawFn) -> Case:
     rid = draw(ids)
     which = draw(st.sampled_from(["kind", "version", "server-kind"]))
     if which == "kind":
-        kind = draw(st.integers(-(2**63), 0) | st.integers(BATCH + 1, MAX_ID))
+        kind = draw(st.integers(-(2**63), 0) | st.integers(END + 1, MAX_ID))
         return Case("unknown-kind", (pack([1, kind, rid, *draw(st.lists(values, max_size=3))]),), intended=4)
     if which == "version":
         v = draw(st.integers(-(2**63), 0) | st.integers(2, MAX_ID))
@@ -489,7 +492,7 @@ def bulk_cases(seed: int, n: int, limit: int, *, no_delimiter: bool = True) -> l
             body, code = wrong_field_body(where, r.choice(_WRONG_POOL[where]), rid, r.choice([CALL, NOTIFY]))
             out.append(Case(f"wrong-type:{where}", (body,), intended=code))
         elif fam == "unknown-kind":
-            kind = r.choice([0, 10, 255, -1, MAX_ID, r.randrange(10, 2**32)])
+            kind = r.choice([0, END + 1, 255, -1, MAX_ID, r.randrange(END + 1, 2**32)])
             out.append(Case(fam, (pack([1, kind, rid]),), intended=PROTOCOL_ERROR))
         elif fam == "unknown-version":
             v = r.choice([0, 2, 99, -1, MAX_ID, r.randrange(2, 2**40)])

@@ -142,11 +142,13 @@ class SyncStream(Iterator[Any]):
         window = opts.window or DEFAULT_WINDOW
         call = client._begin(method, args, kwargs, opts, stream=(window, None, True, False))
         self._call = call
-        call.stream = self  # what interceptors see of it (the OpenTelemetry span counts its items)
         self._window = Window(window, pull=True)
         self._stats = client.metrics.stats(method).streams()
         self._stats.started()
         self._tally = Tally(self._stats)
+        # what interceptors see of it (the OpenTelemetry span counts its items); not the stream itself,
+        # so the call does not keep it alive: a `for` loop left by `break` frees it, and that closes it
+        call.stream = _Counted(self._tally)
         ep = client._failover.order(())[0]
         client._note_attempt(call, ep)
         sock = new_socket(client._ctx, zmq.REQ)
@@ -275,6 +277,15 @@ class SyncStream(Iterator[Any]):
                 pass
             close_quietly(sock, linger_ms)
         close_quietly(monitor)
+
+
+class _Counted:
+    """A pulled stream's face for interceptors: its item tally, without a reference back to it."""
+
+    __slots__ = ("tally",)
+
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
 
 
 def _event(monitor: zmq.Socket) -> int:
