@@ -74,8 +74,8 @@ def test_unknown_curve_is_refused_with_the_choices() -> None:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the bench reads /proc")
-def test_children_are_gone_after_a_run() -> None:
-    proc = _run("--only", "idle")
+def test_children_are_gone_after_a_run(tmp_path: Path) -> None:
+    proc = _run("--only", "idle", "--out", str(tmp_path))  # its PNG goes where pytest cleans up
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"^50\s+zcall-async\s+[\d.]+\s+[\d.]+", proc.stdout, re.M), proc.stdout
     assert _running(str(CURVES)) == []
