@@ -130,3 +130,34 @@ def test_the_os_error_comes_whichever_of_a_clients_sockets_is_refused() -> None:
     outs = out_of_sockets(*[10, 11] * 15)
     others = [o for o in outs if o["error"][0] != "OSError"]
     assert not others, "\n".join(f"limit {o['limit']}: {o['error']}" for o in others)
+
+
+TWO_ENDPOINTS_OUT_OF_SOCKETS = """
+import json, sys, threading, zmq, zcall
+out = []
+for limit in [int(x) for x in sys.argv[1].split(",")]:
+    ctx = zmq.Context()
+    ctx.set(zmq.MAX_SOCKETS, limit)
+    made, error = [], None
+    try:
+        while len(made) < limit:
+            made.append(zcall.AsyncClient(["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"], context=ctx))
+    except OSError as exc:
+        error = exc.errno
+    for c in made:
+        c.close()
+    done = threading.Thread(target=ctx.term, daemon=True)  # waits for every socket of the context
+    done.start()
+    done.join(10)
+    out.append({"limit": limit, "made": len(made), "error": error, "terminated": not done.is_alive()})
+print(json.dumps(out))
+"""
+
+
+def test_a_client_whose_second_endpoint_cannot_open_gives_back_the_first_ones_sockets() -> None:
+    """Each limit runs out at a different socket of a two-endpoint client: whichever it is, nothing of
+    the client that failed is left open (a leaked socket would keep ``ctx.term()`` waiting forever)."""
+    outs = run_child(TWO_ENDPOINTS_OUT_OF_SOCKETS, ",".join(str(n) for n in range(3, 12)))
+    assert all(o["error"] == 24 for o in outs), outs  # EMFILE, as an OSError that says what to do
+    stuck = [o for o in outs if not o["terminated"]]
+    assert not stuck, f"sockets left open by a client that failed to open: {stuck}"

@@ -163,16 +163,22 @@ class AsyncClient(StreamingClient, Subscriber, ClientCore, ChannelEvents):
     def _open(self) -> None:
         self._thread_id = threading.get_ident()
         max_size = self._codec.max_message_size
-        for ep in self.endpoints:
-            self._channels[ep] = Channel(
-                self,
-                self._loop,
-                self._ctx,
-                ep,
-                max_message_size=max_size,
-                heartbeat=self._heartbeat,
-                security=self._security,
-            )
+        try:
+            for ep in self.endpoints:
+                self._channels[ep] = Channel(
+                    self,
+                    self._loop,
+                    self._ctx,
+                    ep,
+                    max_message_size=max_size,
+                    heartbeat=self._heartbeat,
+                    security=self._security,
+                )
+        except BaseException:  # one endpoint could not be opened: give back the sockets of the others
+            for ch in self._channels.values():
+                ch.close()
+            self._channels.clear()
+            raise
         if len(self._channels) == 1:
             self._single = self._channels[self.endpoints[0]]
         if self._heartbeat is not None:

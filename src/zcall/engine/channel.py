@@ -133,7 +133,12 @@ class Channel:
         except BaseException:
             sock.close(linger=0)
             raise
-        sock.connect(endpoint)
+        try:
+            sock.connect(endpoint)
+        except BaseException:  # nothing of a channel that never opened is left behind
+            close_quietly(self.monitor)
+            sock.close(linger=0)
+            raise
         self.sock = sock
         self._send = fast_send(sock)
         self.liveness = Liveness()
