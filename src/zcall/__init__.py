@@ -36,7 +36,7 @@ from .service.context import CallContext, current_call
 from .service.interceptors import ServerInterceptor
 from .service.registry import Service
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "PROTOCOL_VERSION",
