@@ -235,14 +235,15 @@ def test_one_dense_message_holds_the_loop_for_at_most_a_few_milliseconds(
 # -- queued work ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kind", ["async", "peer"])
 def test_request_bytes_in_flight_are_bounded_and_calls_beyond_are_overloaded(
-    servers: Callable[..., ProcessHandle], ctx: zmq.Context
+    servers: Callable[..., ProcessHandle], ctx: zmq.Context, kind: str
 ) -> None:
     """max_in_flight_bytes = 4 MiB, one worker held busy: of twenty 1 MiB calls queued behind it, those
     that fit are admitted and the rest are OVERLOADED at once; what queued calls hold stays within
     about twice the knob (each keeps its frame and its decoded argument)."""
     limit = 4 * MIB
-    h = servers("async", "--workers", "1", "--max-in-flight-bytes", str(limit))
+    h = servers(kind, "--workers", "1", "--max-in-flight-bytes", str(limit))
     data = bytes(MIB)
     with raw(ctx, zmq.DEALER, h.endpoint) as d:
         start = d.probe(reset_peak=True)

@@ -31,6 +31,7 @@ from .security import ClientSecurity, ServerSecurity
 from .server.asynchronous import AsyncServer
 from .server.lifecycle import DEFAULT_GRACE, Lifecycle
 from .server.sync import SyncServer
+from .service.dispatch import DEFAULT_MAX_IN_FLIGHT_BYTES
 from .service.registry import Service
 
 __all__ = ["Peer"]
@@ -55,6 +56,7 @@ class Peer(Lifecycle):
         timeout: float = 5.0,
         retries: int | None = None,
         max_in_flight: int = 1000,
+        max_in_flight_bytes: int = DEFAULT_MAX_IN_FLIGHT_BYTES,
         workers: int | None = None,
         send_tracebacks: bool = True,
         context: zmq.Context | None = None,
@@ -81,6 +83,7 @@ class Peer(Lifecycle):
         self.timeout = timeout
         self.retries = retries
         self._max_in_flight = max_in_flight
+        self._max_in_flight_bytes = max_in_flight_bytes
         self._ctx = context or default_context()
         self._codec = codec
         self._directory: dict[str, list[str]] = {}
@@ -120,6 +123,7 @@ class Peer(Lifecycle):
             self.service,
             self.bind,
             max_in_flight=self._max_in_flight,
+            max_in_flight_bytes=self._max_in_flight_bytes,
             workers=self.workers,
             send_tracebacks=self.send_tracebacks,
             context=self._ctx,

@@ -406,7 +406,8 @@ def main() -> None:
             kwargs[name] = getattr(ns, name)
     server: Any
     if ns.kind == "peer":
-        peer_kwargs = {k: v for k, v in kwargs.items() if k in ("codec", "max_in_flight", "workers")}
+        peer_knobs = ("codec", "max_in_flight", "max_in_flight_bytes", "workers")
+        peer_kwargs = {k: v for k, v in kwargs.items() if k in peer_knobs}
         server = zcall.Peer("hostile", svc, bind=ns.bind, sync_bind=ns.sync_bind, **peer_kwargs)
     elif ns.kind == "sync":  # one call at a time: no pool, no limits on calls in flight
         sync_kwargs = {k: v for k, v in kwargs.items() if k in ("codec", "reply_cache", "check_replies")}
