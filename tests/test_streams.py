@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -107,11 +109,17 @@ def test_stream_messages_round_trip() -> None:
 
 svc = zcall.Service("raw")
 closed: dict[str, threading.Event] = {}
+started: dict[str, threading.Event] = {}
 made: dict[str, int] = {}
 
 
 def _closed(tag: str) -> threading.Event:
     return closed.setdefault(tag, threading.Event())
+
+
+def _started(tag: str) -> threading.Event:
+    """Set when the handler has begun: a test that means to stop a running handler waits for it."""
+    return started.setdefault(tag, threading.Event())
 
 
 @svc.method
@@ -128,6 +136,7 @@ def forever(tag: str) -> Iterator[int]:
 
 @svc.method
 async def collect(items: AsyncIterator[Any], tag: str = "") -> list[Any]:
+    _started(tag).set()
     try:
         return [x async for x in items]
     finally:
@@ -137,6 +146,7 @@ async def collect(items: AsyncIterator[Any], tag: str = "") -> list[Any]:
 @svc.method
 async def hold(items: AsyncIterator[Any], tag: str = "") -> None:
     """Takes the caller's items and never reads them: its input fills up to the credit granted."""
+    _started(tag).set()
     try:
         await asyncio.sleep(30)
     finally:
@@ -232,6 +242,7 @@ def test_items_beyond_the_servers_credit_end_the_stream_with_protocol_error(
     raw.send(wire.stream_frame(2, "hold", [None, tag], {}, 0, 0))
     credit = raw.recv()
     assert type(credit) is wire.Credit and credit.n == 4  # the server's window
+    assert _started(tag).wait(5)  # running, so that it is stopped (one stopped before it ran: below)
     for i in range(4 + 3):  # three more than granted: a misbehaving caller
         raw.send(wire.item_frame(2, i))
     err = raw.recv()
@@ -270,6 +281,7 @@ def test_the_callers_own_stream_rules_item_after_end_and_second_end(raw: Dealer)
         tag = _tag("end")
         raw.send(wire.stream_frame(5, "collect", [None, tag], {}, 0, 0))
         assert type(raw.recv()) is wire.Credit
+        assert _started(tag).wait(5)  # its finally: runs however the stream ends
         raw.send(wire.end_frame(5))
         raw.send(after_end)
         (end,) = raw.drain(0.4)  # one end, never two, never a hang:
@@ -278,6 +290,40 @@ def test_the_callers_own_stream_rules_item_after_end_and_second_end(raw: Dealer)
         else:  # or the handler had already returned [] (REPLY), and it was dropped
             assert type(end) is wire.Reply and end.result == []
         assert _closed(tag).wait(5)
+
+
+@svc.method
+async def nap(tag: str) -> None:
+    _started(tag).set()
+    await asyncio.sleep(30)
+
+
+def test_handlers_stopped_before_their_first_step_never_run_and_leave_no_coroutine_behind(
+    raw: Dealer, router: zcall.AsyncServer
+) -> None:
+    """A CALL and its CANCEL in one BATCH, a STREAM and items beyond its credit in another: each task is
+    cancelled before it starts, so the handler never runs; its coroutine is closed, not left for the
+    garbage collector to warn about ("never awaited", an error under this suite's warning filter)."""
+    caught: list[str] = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda u: caught.append(repr(u.exc_value))
+    try:
+        call_tag, stream_tag = _tag("nap"), _tag("hold-early")
+        raw.send(wire.batch_frame([wire.call_frame(7, "nap", [call_tag], {}), wire.cancel_frame(7)]))
+        early = [wire.stream_frame(8, "hold", [None, stream_tag], {}, 0, 0)]
+        raw.send(wire.batch_frame(early + [wire.item_frame(8, i) for i in range(4 + 3)]))
+        got = raw.drain(0.5)
+        answers = [wire.from_array(m, in_batch=True) for g in got if type(g) is wire.Batch for m in g.items]
+        answers += [g for g in got if type(g) is not wire.Batch]
+        ends = [m for m in answers if type(m) is wire.ErrorReply]
+        assert [(m.id, m.error.code) for m in ends] == [(8, StatusCode.PROTOCOL_ERROR)], answers
+        raw.send(wire.call_frame(9, "zcall.ping", [], {}))
+        assert type(raw.recv()) is wire.Reply  # the server goes on
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert not _started(call_tag).is_set() and not _started(stream_tag).is_set()
+    assert caught == []
 
 
 def test_stream_messages_of_unknown_streams_are_dropped_and_counted_nowhere(

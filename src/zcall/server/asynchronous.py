@@ -59,7 +59,7 @@ from ..service.dispatch import (
     StreamStart,
     Subscribe,
 )
-from ..service.invoke import guarded, run_plain, run_queued, task_context
+from ..service.invoke import run_plain, run_queued, start_task
 from ..service.registry import Service
 from ..service.replycache import ReplyCache
 from .events import Subscribers
@@ -527,14 +527,14 @@ class AsyncServer(Lifecycle):
                     for other in waiters:
                         self._send(other, frame)
                 return
-            fut: asyncio.Future[Any] = loop.create_task(guarded(result), context=task_context(call))
+            fut: asyncio.Future[Any] = start_task(loop, result, call)
         elif entry.is_coroutine:
             try:
                 coro = entry.fn(*call._args, **call._kwargs)
             except BaseException as exc:  # e.g. a callable object whose __call__ raised
                 self._answer(call, None, exc)
                 return
-            fut = loop.create_task(guarded(coro), context=task_context(call))
+            fut = start_task(loop, coro, call)
         else:
             pool = self._pool
             if pool is None:

@@ -41,7 +41,7 @@ from ..protocol.wire import ACK, MAX_BATCH_ITEMS, End, Item, batch_frame, credit
 from ..protocol.wire import Credit as CreditMessage
 from ..service.context import CallContext, _current
 from ..service.dispatch import StreamFault, is_stream_result
-from ..service.invoke import guarded, task_context
+from ..service.invoke import start_task
 from ..service.streams import AsyncInput, SyncInput, bind_input, encode_item, input_cancelled, runs_on_loop
 
 if TYPE_CHECKING:
@@ -250,9 +250,7 @@ class RouterStreams:
 
     def _run_task(self, st: _Stream, made: Any = _UNSET) -> None:
         st.where = "task"
-        st.task = self._srv._loop.create_task(  # type: ignore[union-attr]
-            guarded(self._drive(st, made)), context=task_context(st.call)
-        )
+        st.task = start_task(self._srv._loop, self._drive(st, made), st.call)  # type: ignore[arg-type]
         st.task.add_done_callback(lambda t: self._task_done(st, t))
 
     async def _drive(self, st: _Stream, result: Any) -> Any:

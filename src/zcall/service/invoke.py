@@ -16,7 +16,15 @@ from typing import Any
 from .context import CallContext, _current
 from .dispatch import NEVER_AWAITABLE, Expired
 
-__all__ = ["HandlerExit", "guarded", "run_plain", "run_queued", "run_to_completion", "task_context"]
+__all__ = [
+    "HandlerExit",
+    "guarded",
+    "run_plain",
+    "run_queued",
+    "run_to_completion",
+    "start_task",
+    "task_context",
+]
 
 _monotonic = time.monotonic
 
@@ -53,6 +61,17 @@ async def guarded(coro: Any) -> Any:
         return await coro
     except (SystemExit, KeyboardInterrupt) as exc:
         raise HandlerExit(exc) from None
+
+
+def start_task(loop: asyncio.AbstractEventLoop, coro: Any, call: CallContext) -> asyncio.Task[Any]:
+    """A task running the handler's coroutine (or awaitable) ``coro`` for ``call``: guarded, with
+    ``current_call()`` set. A task cancelled before its first step never starts ``coro``; it is closed
+    then, so a handler stopped before it ran leaves no "never awaited" coroutine behind."""
+    task = loop.create_task(guarded(coro), context=task_context(call))
+    close = getattr(coro, "close", None)
+    if close is not None:
+        task.add_done_callback(lambda _: close())  # a no-op for a coroutine that ran to its end
+    return task
 
 
 def task_context(call: CallContext) -> contextvars.Context:
