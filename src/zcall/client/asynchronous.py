@@ -55,16 +55,16 @@ from ..protocol.wire import (
     ErrorReply,
     Event,
     Item,
+    Kind,
     Pong,
     Reply,
+    answer_fields_of,
     cancel_frame,
-    decode,
+    decode_answer,
     from_array,
     notify_frame,
     peek_reply_id,
     ping_frame,
-    reply_fields,
-    reply_fields_of,
 )
 from .core import DEFAULT_TIMEOUT, CallOptions, ClientCore, OutgoingCall
 from .futures import CallFuture
@@ -83,6 +83,7 @@ log = logging.getLogger("zcall.client")
 DEFAULT_MAX_IN_FLIGHT = 1000
 _monotonic = time.monotonic
 _ALIVE = State.ALIVE
+_REPLY_KIND = int(Kind.REPLY)
 
 
 _Call = OutgoingCall  # the async faces' fields live on the call itself (fut, callbacks, channel, frame)
@@ -666,18 +667,8 @@ class AsyncClient(StreamingClient, Subscriber, ClientCore, ChannelEvents):
                 self._state_changed(ch, changed)
         if not body:
             return  # an empty-body ACK from a sync server (notify / cancel), or a sweep probe
-        fast = reply_fields(body, self._codec)
-        if fast is not None:  # the common case, a REPLY, without building a message object
-            call = self._table.pending.pop(fast[0], None)
-            if call is None:
-                if not (self._sub_sent and self._sub_answer(fast[0], fast[1])):
-                    self.counters["stale_replies"] += 1
-                return
-            self._slots.release()
-            self._settle_ok(call, fast[1])
-            return
         try:
-            msg = decode(body, self._codec)
+            msg = decode_answer(body, self._codec)  # read once, whatever it is
         except ProtocolError as exc:
             self.counters["bad_replies"] += 1
             log.warning("bad reply from %s: %s", ch.endpoint, exc)
@@ -687,24 +678,39 @@ class AsyncClient(StreamingClient, Subscriber, ClientCore, ChannelEvents):
                 self._slots.release()
                 self._settle_err(call, ProtocolError(f"the reply to {call.method!r} cannot be read: {exc}"))
             return
-        if type(msg) is Batch:
-            self._on_batch(ch, msg.items)
+        t = type(msg)
+        if t is tuple:  # the common case, a REPLY, without building a message object
+            rid, result = msg  # type: ignore[misc]
+            call = self._table.pending.pop(rid, None)
+            if call is None:
+                if not (self._sub_sent and self._sub_answer(rid, result)):
+                    self.counters["stale_replies"] += 1
+                return
+            self._slots.release()
+            self._settle_ok(call, result)
+        elif t is Batch:
+            self._on_batch(ch, msg.items, len(body))  # type: ignore[union-attr]
         else:
-            self._on_message(ch, msg)
+            self._on_message(ch, msg)  # type: ignore[arg-type]
 
-    def _on_batch(self, ch: Channel, items: list[Any]) -> None:
-        """The replies of a BATCH, in order; a REPLY item takes the fast path, others are decoded."""
+    def _on_batch(self, ch: Channel, items: list[Any], size: int) -> None:
+        """The answers of a BATCH, in order; a REPLY or ITEM item takes the fast path, others are decoded."""
         pending, slots, settle = self._table.pending, self._slots, self._settle_ok
+        share = size // max(1, len(items))  # what each item counts in a stream's byte tally
         for m in items:
-            fast = reply_fields_of(m)
+            fast = answer_fields_of(m)
             if fast is not None:
-                call = pending.pop(fast[0], None)
+                kind, rid, value = fast
+                if kind != _REPLY_KIND:
+                    self._stream_item_of(ch, rid, value, share)
+                    continue
+                call = pending.pop(rid, None)
                 if call is None:
-                    if not (self._sub_sent and self._sub_answer(fast[0], fast[1])):
+                    if not (self._sub_sent and self._sub_answer(rid, value)):
                         self.counters["stale_replies"] += 1
                     continue
                 slots.release()
-                settle(call, fast[1])
+                settle(call, value)
                 continue
             try:
                 msg = from_array(m, in_batch=True)

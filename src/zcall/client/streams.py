@@ -696,12 +696,16 @@ class StreamingClient:
     # -- what the server sends ----------------------------------------------------------------------
 
     def _stream_item(self, ch: Any, msg: Any) -> None:
-        call = self._table.pending.get(msg.id)
+        self._stream_item_of(ch, msg.id, msg.item, msg.size)
+
+    def _stream_item_of(self, ch: Any, rid: int, item: Any, size: int) -> None:
+        """An ITEM ``item`` of stream ``rid`` that came in ``size`` bytes (its share of a BATCH)."""
+        call = self._table.pending.get(rid)
         if call is None or call.stream is None:
             self.counters["stale_replies"] += 1  # a stream that ended (or was cancelled) here
             return
         try:
-            call.stream.deliver(msg.item, msg.size)
+            call.stream.deliver(item, size)
         except StreamViolation as exc:
             self._stream_broken(call, f"the server at {ch.endpoint} broke the stream rules: {exc}")
         except BaseException as exc:  # the callback face's on_item raised: stop, fail with it

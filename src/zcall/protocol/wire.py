@@ -73,6 +73,8 @@ __all__ = [
     "peek_reply_id",
     "ping_frame",
     "pong_frame",
+    "answer_fields_of",
+    "decode_answer",
     "reply_fields",
     "reply_fields_of",
     "reply_frame",
@@ -801,6 +803,34 @@ def reply_fields(frame: bytes, codec: Codec = default_codec) -> tuple[int, Any] 
     except ProtocolError:
         return None
     return reply_fields_of(m)
+
+
+def decode_answer(frame: bytes, codec: Codec = default_codec) -> tuple[int, Any] | Message:
+    """What a client receives, decoded once: ``(id, result)`` for a well-formed REPLY (the hot path: no
+    message object), else the message as ``decode`` makes it. Raises ``ProtocolError`` as ``decode`` does.
+    (``reply_fields`` then ``decode`` would read every other message, a BATCH of replies included, twice.)"""
+    m = codec.unpackb(frame)
+    fast = reply_fields_of(m)
+    if fast is not None:
+        return fast
+    msg = from_array(m)
+    if type(msg) is Item:
+        msg.size = len(frame)
+    return msg
+
+
+_FAST_ANSWERS = frozenset((_REPLY, _ITEM))
+
+
+def answer_fields_of(m: Any) -> tuple[int, int, Any] | None:
+    """``(kind, id, value)`` of a well-formed REPLY or ITEM (a decoded body, or one item of a BATCH): the
+    two answers a client takes most, without a message object; None for anything else (``from_array``)."""
+    if type(m) is list and len(m) >= 4:
+        v, k, rid = m[0], m[1], m[2]
+        ok = type(v) is int and type(k) is int and type(rid) is int and v == _V and 0 <= rid <= MAX_ID
+        if ok and k in _FAST_ANSWERS:
+            return k, rid, m[3]
+    return None
 
 
 def reply_fields_of(m: Any) -> tuple[int, Any] | None:
