@@ -207,14 +207,18 @@ class ClientStream:
 
     def take(self) -> tuple[int, Any] | None:
         """The next item ``(_ITEM, value)``, or the end (``_END``/``_FAILED``), or None: nothing yet."""
-        with self._cond:
+        with self._cond:  # one lock for the item and its credit (``_taken``, inlined)
             if self._items:
                 value = self._items.popleft()
+                n = self.window.taken()
             elif self.outcome is not None:
                 return self.outcome
             else:
                 return None
-        self._taken()
+        if n:
+            self._send(credit_frame(self.call.id, n))
+        elif self.window.pull:
+            self._defer(self._pull)
         return _ITEM, value
 
     def _taken(self) -> None:
