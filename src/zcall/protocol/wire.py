@@ -57,6 +57,7 @@ __all__ = [
     "from_array",
     "is_batch",
     "request_fields_of",
+    "decode_request",
     "call_frame",
     "check_readable",
     "cancel_frame",
@@ -751,6 +752,23 @@ def request_fields(
     except ProtocolError:
         return None
     return request_fields_of(m)
+
+
+def decode_request(
+    frame: bytes, codec: Codec = default_codec
+) -> tuple[int, str, list[Any], dict[str, Any], int | None, dict[str, Any] | None, bool, bool] | Message:
+    """What a server receives, decoded once: ``request_fields`` for a well-formed CALL or NOTIFY (the hot
+    path: no message object), else the message as ``decode`` makes it (a BATCH, a PING, a stream's
+    ITEM...). Raises ``ProtocolError`` as ``decode`` does; ``request_fields`` then ``decode`` would read
+    everything but a plain call twice (a BATCH of calls, a 1 MiB uploaded ITEM)."""
+    m = codec.unpackb(frame)
+    fields = request_fields_of(m)
+    if fields is not None:
+        return fields
+    msg = from_array(m)
+    if type(msg) is Item:
+        msg.size = len(frame)
+    return msg
 
 
 def request_fields_of(

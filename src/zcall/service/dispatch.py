@@ -44,7 +44,7 @@ from ..protocol.wire import (
     Ping,
     Stream,
     check_readable,
-    decode,
+    decode_request,
     error_for,
     error_frame,
     from_array,
@@ -52,7 +52,6 @@ from ..protocol.wire import (
     peek_id,
     pong_frame,
     reply_frame,
-    request_fields,
 )
 from .context import CallContext, _current
 from .metrics import OTHER, Outcome, outcome_for_status
@@ -219,7 +218,7 @@ class Dispatcher:
         routing_id: bytes | None = None,
         frame: Any = None,
         can_wait: bool = True,
-    ) -> CallContext | bytes | Cancel | Subscribe | Batch | None:
+    ) -> CallContext | bytes | Cancel | Subscribe | Batch | StreamFault | None:
         """Decide what to do with one request body (see the module docstring for the answers; a
         ``Batch`` is the server's to unpack: each item goes through ``admit_fields``/``other_item``).
 
@@ -227,11 +226,17 @@ class Dispatcher:
         zmq frame the body came in (for the caller's address and key); ``can_wait=False`` (REP, which
         cannot park a request) answers a resend of a still-running call UNAVAILABLE instead of joining it.
         """
-        # The hot path: a well-formed CALL or NOTIFY; everything else goes through the full decoder.
-        fields = request_fields(body, self.codec)
-        if fields is None:
-            return self._other(body, reply_to, routing_id, frame)
-        return self.admit_fields(fields, self.codec.held_by(body), reply_to, routing_id, frame, can_wait)
+        # The hot path: a well-formed CALL or NOTIFY as its fields; anything else as its message. One decode.
+        try:
+            got = decode_request(body, self.codec)
+        except ProtocolError as exc:
+            self.counters["bad_messages"] += 1
+            log.warning("bad message (%d bytes): %s", len(body), exc)
+            err = error_frame(peek_id(exc) or 0, error_for(exc), self.codec)
+            return self._fault(exc, body, err)
+        if type(got) is tuple:
+            return self.admit_fields(got, self.codec.held_by(body), reply_to, routing_id, frame, can_wait)
+        return self._other(got, body, reply_to, routing_id, frame)
 
     def admit_fields(
         self,
@@ -353,17 +358,10 @@ class Dispatcher:
         return Subscribe(patterns[:MAX_PATTERNS], rid)
 
     def _other(
-        self, body: Any, reply_to: Any = None, routing_id: bytes | None = None, frame: Any = None
+        self, msg: Any, body: Any, reply_to: Any = None, routing_id: bytes | None = None, frame: Any = None
     ) -> Any:
-        """Anything but a well-formed CALL/NOTIFY: a PING, a CANCEL, a BATCH, a stream's messages, or bad
-        input (answered)."""
-        try:
-            msg = decode(body, self.codec)
-        except ProtocolError as exc:
-            self.counters["bad_messages"] += 1
-            log.warning("bad message (%d bytes): %s", len(body), exc)
-            err = error_frame(peek_id(exc) or 0, error_for(exc), self.codec)
-            return self._fault(exc, body, err)
+        """Anything but a well-formed CALL/NOTIFY, decoded from ``body``: a PING, a CANCEL, a BATCH, a
+        stream's messages."""
         if type(msg) is Batch:
             return msg
         if type(msg) is Item:
