@@ -19,7 +19,7 @@ import zmq
 
 from ..engine.sockets import apply_size_limit, close_quietly, fast_send, frame_property, new_socket
 from ..errors import ClientClosed, ProtocolError, RemoteError
-from ..protocol.wire import MAX_MESSAGE_PROPERTY, ErrorReply, Reply, decode, read_handshake, reply_fields
+from ..protocol.wire import MAX_MESSAGE_PROPERTY, ErrorReply, Reply, decode_answer, read_handshake
 from .core import CallOptions, ClientCore
 from .proxy import SyncProxy
 from .pull import SyncStream
@@ -189,14 +189,17 @@ class SyncClient(ClientCore):
                 if self._closed:
                     raise ClientClosed("SyncClient was closed during the call")
                 continue
-            fast = reply_fields(data, codec)
-            if fast is not None and fast[0] == rid:  # the common case, without a message object
-                return fast[1]
             try:
-                msg = decode(data, codec)
+                got = decode_answer(data, codec)  # read once: a REPLY's fields, else the message
             except ProtocolError:
                 counters["bad_replies"] += 1
                 raise
+            if type(got) is tuple:  # the common case, a REPLY, without a message object
+                if got[0] == rid:
+                    return got[1]
+                msg: Any = Reply(got[0], got[1])  # another id: dropped below
+            else:
+                msg = got
             # id 0: the server could not read our id (e.g. request over its size limit); a REQ socket only
             # ever receives the answer to its own request, so it is ours.
             if msg.id != rid and not (msg.id == 0 and type(msg) is ErrorReply):
