@@ -11,7 +11,7 @@ import argparse
 import timeit
 
 from zcall.client.sync import SyncClient
-from zcall.protocol.wire import call_frame, reply_fields, reply_frame, request_fields
+from zcall.protocol.wire import call_frame, decode_answer, decode_request, reply_frame
 
 
 def main() -> None:
@@ -30,10 +30,10 @@ def main() -> None:
     cases = {
         "encode CALL  (call_frame)": lambda: call_frame(rid, "double", args, {}, 5000),
         "encode CALL, a dict arg": lambda: call_frame(rid, "place", order, {}, 5000),
-        "decode CALL, a dict arg": lambda: request_fields(order_call),
-        "decode CALL  (request_fields)": lambda: request_fields(call),
+        "decode CALL, a dict arg": lambda: decode_request(order_call),
+        "decode CALL  (decode_request)": lambda: decode_request(call),
         "encode REPLY (reply_frame)": lambda: reply_frame(rid, 20),
-        "decode REPLY (reply_fields)": lambda: reply_fields(reply),
+        "decode REPLY (decode_answer)": lambda: decode_answer(reply),
         "client _begin (checks + CALL frame)": lambda: client._begin("double", args, {}, opts),
     }
     for name, fn in cases.items():

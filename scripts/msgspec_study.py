@@ -3,8 +3,8 @@
 msgspec implements msgpack in C. This study swaps it in at the one place every zcall frame goes through,
 ``Codec.packb`` / ``Codec.unpackb`` (``MsgspecCodec`` below: the same size limit, zcall's ext registry
 through msgspec's hooks), and runs zcall's own encoders and decoders on both codecs:
-``wire.call_frame`` / ``wire.reply_frame`` and the hot-path decoders ``wire.request_fields`` (server) and
-``wire.reply_fields`` (client), for a small call and reply, 64 KiB and 1 MiB bytes, and 1,000 small
+``wire.call_frame`` / ``wire.reply_frame`` and the hot-path decoders ``wire.decode_request`` (server) and
+``wire.decode_answer`` (client), for a small call and reply, 64 KiB and 1 MiB bytes, and 1,000 small
 records. Then:
 
 1. speed: microseconds per operation (best of several ``timeit`` repeats), and the speedup;
@@ -188,16 +188,16 @@ def _operations(
     return [
         ("encode CALL   (call_frame)", lambda: call_of(case, ZC), lambda: call_of(case, MS), None),
         (
-            "decode CALL   (request_fields)",
-            lambda: wire.request_fields(call_z, ZC),
-            lambda: wire.request_fields(call_z, MS),
+            "decode CALL   (decode_request)",
+            lambda: wire.decode_request(call_z, ZC),
+            lambda: wire.decode_request(call_z, MS),
             plain(call_z) if big else None,
         ),
         ("encode REPLY  (reply_frame)", lambda: reply_of(case, ZC), lambda: reply_of(case, MS), None),
         (
-            "decode REPLY  (reply_fields)",
-            lambda: wire.reply_fields(reply_z, ZC),
-            lambda: wire.reply_fields(reply_z, MS),
+            "decode REPLY  (decode_answer)",
+            lambda: wire.decode_answer(reply_z, ZC),
+            lambda: wire.decode_answer(reply_z, MS),
             plain(reply_z) if big else None,
         ),
     ]
@@ -210,8 +210,8 @@ def speed(repeat: int, target_s: float) -> list[tuple[str, str, float, float, fl
         call_z, call_m = call_of(case, ZC), call_of(case, MS)
         reply_z, reply_m = reply_of(case, ZC), reply_of(case, MS)
         assert call_z == call_m and reply_z == reply_m, f"{case.name}: msgspec wrote other bytes"
-        assert wire.request_fields(call_z, ZC) == wire.request_fields(call_z, MS), case.name
-        assert wire.reply_fields(reply_z, ZC) == wire.reply_fields(reply_z, MS), case.name
+        assert wire.decode_request(call_z, ZC) == wire.decode_request(call_z, MS), case.name
+        assert wire.decode_answer(reply_z, ZC) == wire.decode_answer(reply_z, MS), case.name
 
         ops = _operations(case, call_z, reply_z)
         for op, z, m, p in ops:

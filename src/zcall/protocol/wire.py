@@ -5,8 +5,10 @@ Every message body is one msgpack array whose first three items are always
 touches a socket: servers and clients of every flavour share this module, and it is unit-tested alone.
 
 Two ways in and out: ``encode``/``decode`` with message objects (clear, checked), and the hot-path
-encoders (``call_frame``, ``reply_frame``, ``error_frame``, ``pong_frame`` ...) and ``reply_fields``, which
-skip the objects. Both write the same bytes; every frame zcall sends is made by one of them.
+encoders (``call_frame``, ``reply_frame``, ``error_frame``, ``pong_frame`` ...) and decoders
+(``decode_request``, ``decode_answer``: a CALL's or a REPLY's fields, anything else as its message),
+which skip the objects where they can. Both write the same bytes; every frame zcall sends is made by
+one of them.
 """
 
 from __future__ import annotations
@@ -76,10 +78,8 @@ __all__ = [
     "pong_frame",
     "answer_fields_of",
     "decode_answer",
-    "reply_fields",
     "reply_fields_of",
     "reply_frame",
-    "request_fields",
     "split_routed",
     "subscribe_frame",
     # streams (docs/protocol.md section 7, "Streams")
@@ -612,7 +612,12 @@ def _meta_fields(meta: dict[str, Any], id_: int) -> tuple[int | None, dict[str, 
 
 def decode(frame: bytes, codec: Codec = default_codec) -> Message:
     """One frame → one message. Raises ``ProtocolError`` (``BadMessage``/``UnsupportedVersion``)."""
-    msg = from_array(codec.unpackb(frame))
+    return _message(codec.unpackb(frame), frame)
+
+
+def _message(m: Any, frame: bytes) -> Message:
+    """The message of body ``m``, decoded from ``frame`` (an ITEM learns its size, for the byte counts)."""
+    msg = from_array(m)
     if type(msg) is Item:
         msg.size = len(frame)
     return msg
@@ -739,42 +744,24 @@ def _stream(m: list[Any], n: int, id_: int) -> Stream:
     return Stream(id_, method, args, kwargs, deadline, headers, credit, where, pull, batch)
 
 
-def request_fields(
-    frame: bytes, codec: Codec = default_codec
-) -> tuple[int, str, list[Any], dict[str, Any], int | None, dict[str, Any] | None, bool, bool] | None:
-    """``(id, method, args, kwargs, deadline_ms, headers, retry, notify)`` when ``frame`` is a well-formed
-    CALL or NOTIFY, else None (then use ``decode``, which says what is wrong or what else it is).
-
-    The servers' hot path: exactly the checks ``decode`` makes for these kinds, without the message
-    object and the helper calls (about 0.5 us less per call)."""
-    try:
-        m = codec.unpackb(frame)
-    except ProtocolError:
-        return None
-    return request_fields_of(m)
-
-
 def decode_request(
     frame: bytes, codec: Codec = default_codec
 ) -> tuple[int, str, list[Any], dict[str, Any], int | None, dict[str, Any] | None, bool, bool] | Message:
-    """What a server receives, decoded once: ``request_fields`` for a well-formed CALL or NOTIFY (the hot
-    path: no message object), else the message as ``decode`` makes it (a BATCH, a PING, a stream's
-    ITEM...). Raises ``ProtocolError`` as ``decode`` does; ``request_fields`` then ``decode`` would read
-    everything but a plain call twice (a BATCH of calls, a 1 MiB uploaded ITEM)."""
+    """What a server receives, decoded once: ``(id, method, args, kwargs, deadline_ms, headers, retry,
+    notify)`` for a well-formed CALL or NOTIFY (the hot path: no message object, the checks ``decode``
+    makes for them), else the message as ``decode`` makes it (a BATCH, a PING, a stream's ITEM...).
+    Raises ``ProtocolError`` as ``decode`` does."""
     m = codec.unpackb(frame)
     fields = request_fields_of(m)
     if fields is not None:
         return fields
-    msg = from_array(m)
-    if type(msg) is Item:
-        msg.size = len(frame)
-    return msg
+    return _message(m, frame)
 
 
 def request_fields_of(
     m: Any,
 ) -> tuple[int, str, list[Any], dict[str, Any], int | None, dict[str, Any] | None, bool, bool] | None:
-    """``request_fields`` of a decoded body (or of one item of a BATCH)."""
+    """``decode_request``'s fields of a decoded body (or of one item of a BATCH), or None."""
     if type(m) is not list or len(m) < 7:
         return None
     v, k, rid, method, args, kwargs, meta = m[0], m[1], m[2], m[3], m[4], m[5], m[6]
@@ -811,30 +798,14 @@ def request_fields_of(
     return rid, method, args, kwargs, deadline, headers, (not notify and meta.get("retry") is True), notify
 
 
-def reply_fields(frame: bytes, codec: Codec = default_codec) -> tuple[int, Any] | None:
-    """``(id, result)`` when ``frame`` is a well-formed REPLY, else None (then use ``decode``).
-
-    The clients' hot path: the same checks ``decode`` makes for a REPLY, without the message object.
-    """
-    try:
-        m = codec.unpackb(frame)
-    except ProtocolError:
-        return None
-    return reply_fields_of(m)
-
-
 def decode_answer(frame: bytes, codec: Codec = default_codec) -> tuple[int, Any] | Message:
     """What a client receives, decoded once: ``(id, result)`` for a well-formed REPLY (the hot path: no
-    message object), else the message as ``decode`` makes it. Raises ``ProtocolError`` as ``decode`` does.
-    (``reply_fields`` then ``decode`` would read every other message, a BATCH of replies included, twice.)"""
+    message object), else the message as ``decode`` makes it. Raises ``ProtocolError`` as ``decode`` does."""
     m = codec.unpackb(frame)
     fast = reply_fields_of(m)
     if fast is not None:
         return fast
-    msg = from_array(m)
-    if type(msg) is Item:
-        msg.size = len(frame)
-    return msg
+    return _message(m, frame)
 
 
 _FAST_ANSWERS = frozenset((_REPLY, _ITEM))
@@ -852,7 +823,7 @@ def answer_fields_of(m: Any) -> tuple[int, int, Any] | None:
 
 
 def reply_fields_of(m: Any) -> tuple[int, Any] | None:
-    """``reply_fields`` of a decoded body (or of one item of a BATCH)."""
+    """``(id, result)`` of a well-formed REPLY (a decoded body, or one item of a BATCH), or None."""
     if type(m) is list and len(m) >= 4:
         v, k, rid = m[0], m[1], m[2]
         if type(v) is int and type(k) is int and type(rid) is int and v == _V and k == _REPLY and rid >= 0:

@@ -248,7 +248,7 @@ class Dispatcher:
         can_wait: bool = True,
         stream: Stream | None = None,
     ) -> CallContext | bytes | Subscribe | None:
-        """``admit`` for a CALL or NOTIFY already parsed (``protocol.request_fields``): one of a BATCH's
+        """``admit`` for a CALL or NOTIFY already parsed (``protocol.decode_request``): one of a BATCH's
         items, or a single request. ``size`` is its share of the request bytes in flight. Written out
         in one function: each call layer costs ~0.1 us per request. ``stream``: the STREAM this call
         opens (``_admit_stream``)."""
