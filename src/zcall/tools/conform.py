@@ -56,6 +56,7 @@ import zmq
 from ..errors import ProtocolError
 from ..protocol.raw import pack_raw, unpack_raw
 from ..protocol.status import StatusCode
+from ..protocol.wire import Kind
 
 __all__ = ["Check", "Conformance", "Result", "load_vectors", "main_table", "run"]
 
@@ -813,21 +814,7 @@ def _alive_pid(pid: int) -> bool:
 
 # -- the vectors -----------------------------------------------------------------------------------------
 
-_KINDS = {
-    "CALL": 1,
-    "REPLY": 2,
-    "ERROR": 3,
-    "NOTIFY": 4,
-    "EVENT": 5,
-    "PING": 6,
-    "PONG": 7,
-    "CANCEL": 8,
-    "BATCH": 9,
-    "STREAM": 10,
-    "ITEM": 11,
-    "CREDIT": 12,
-    "END": 13,
-}
+_KINDS = {k.name: int(k) for k in Kind}  # the vectors name kinds; docs/protocol.md §3 numbers them
 
 
 def _flat(a: Answer) -> list[Answer]:
